@@ -1,0 +1,67 @@
+"""What every backbone exposes: pooled features, per-stage features, and their dimensions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """A feature extractor organised in stages.
+
+    Subclasses implement :meth:`stage_outputs` (the raw output of every stage: a ``(B, C, h, w)``
+    map for convnets, a ``(B, N, D)`` token sequence for transformers) and fill ``stage_names``
+    and ``stage_dims``. Everything else (pooling, per-stage features, the headline feature
+    dimension) is shared here so that evaluation code never needs to know the architecture.
+    """
+
+    stage_names: tuple[str, ...]
+    stage_dims: tuple[int, ...]
+    in_channels: int
+    #: Keyword arguments that rebuild this backbone with :func:`pretextlab.backbones.build_backbone`.
+    build_config: dict[str, Any]
+
+    @property
+    def feature_dim(self) -> int:
+        """Dimension of :meth:`forward`'s output (the pooled last stage)."""
+        return self.stage_dims[-1]
+
+    def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def pool(stage_output: torch.Tensor, pool_size: int = 1) -> torch.Tensor:
+        """Global average pool (or pool to a ``pool_size`` grid, flattened) of one stage output."""
+        if stage_output.ndim == 4:
+            pooled = nn.functional.adaptive_avg_pool2d(stage_output, pool_size)
+            return pooled.flatten(1)
+        if stage_output.ndim == 3:  # tokens: mean over the sequence
+            return stage_output.mean(dim=1)
+        raise ValueError(f"cannot pool a stage output of shape {tuple(stage_output.shape)}")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stage_outputs(images)[-1])
+
+    def forward_stages(
+        self, images: torch.Tensor, stages: list[str] | None = None, pool_size: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """Pooled features of the named stages (all stages when ``stages`` is None)."""
+        wanted = list(self.stage_names) if stages is None else list(stages)
+        unknown = [name for name in wanted if name not in self.stage_names]
+        if unknown:
+            raise ValueError(
+                f"backbone has no stage(s) {unknown}; its stages are {list(self.stage_names)}"
+            )
+        outputs = dict(zip(self.stage_names, self.stage_outputs(images), strict=True))
+        return {name: self.pool(outputs[name], pool_size) for name in wanted}
+
+    def stage_feature_dim(self, stage: str, pool_size: int = 1) -> int:
+        index = self.stage_names.index(stage)
+        spatial = pool_size * pool_size if self.is_convolutional else 1
+        return self.stage_dims[index] * spatial
+
+    @property
+    def is_convolutional(self) -> bool:
+        return True

@@ -1,0 +1,22 @@
+"""Data sources (synthetic, image folders, torchvision sets) and the one DataModule."""
+
+from pretextlab.data.datamodule import InMemoryDataset, PretextDataModule
+from pretextlab.data.sources import (
+    DataError,
+    DataSource,
+    ImageFolderSource,
+    Split,
+    SyntheticSource,
+    TorchvisionSource,
+)
+
+__all__ = [
+    "DataError",
+    "DataSource",
+    "ImageFolderSource",
+    "InMemoryDataset",
+    "PretextDataModule",
+    "Split",
+    "SyntheticSource",
+    "TorchvisionSource",
+]

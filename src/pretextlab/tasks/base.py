@@ -1,0 +1,248 @@
+"""What every pretext task shares: backbone, online probe, optimisation, logging, safety.
+
+A task subclass provides only what is specific to it:
+
+- :meth:`PretextTask.pretext_step` — its batched on-device transform, head(s) and loss;
+- optionally :meth:`PretextTask.backbone_input` (how clean images enter the backbone) and
+  :meth:`PretextTask.visualize` (its image panel);
+- the class attributes ``chance_accuracy`` / ``pretrains`` / ``requires``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import nn
+
+from pretextlab.backbones.base import Backbone
+from pretextlab.ops.augment import normalize
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or Inf; the message names the task, step and loss term."""
+
+
+class TaskConfigError(ValueError):
+    """A task was configured with values it cannot work with (the message names the fix)."""
+
+
+@dataclass
+class PretextOutput:
+    """What a task's :meth:`~PretextTask.pretext_step` returns.
+
+    ``loss`` is optimised; ``terms`` are its named parts (checked for NaN/Inf and logged);
+    ``metrics`` are logged as ``pretext/<name>``; ``clean_features`` are the backbone features of
+    the un-transformed images when the step computed them anyway (the online probe reuses them
+    instead of running the backbone again).
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    clean_features: torch.Tensor | None = None
+
+
+class EvaluationEncoder(nn.Module):
+    """A backbone with the task's input preparation in front: what evaluation calls "features".
+
+    Takes float images in [0, 1]; exposes ``forward`` (pooled last stage), ``forward_stages`` and the
+    stage metadata of the backbone, so evaluation code never needs to know the task.
+    """
+
+    def __init__(self, backbone: Backbone, prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self._prepare = prepare
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return self.backbone.stage_names
+
+    def stage_feature_dim(self, stage: str, pool_size: int = 1) -> int:
+        return self.backbone.stage_feature_dim(stage, pool_size)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._prepare(images))
+
+    def forward_stages(self, images: torch.Tensor, stages: list[str] | None = None, pool_size: int = 1) -> dict[str, torch.Tensor]:
+        return self.backbone.forward_stages(self._prepare(images), stages, pool_size)
+
+
+class PretextTask(L.LightningModule):
+    """Base LightningModule of every task (solo-learn style: shared machinery, small methods)."""
+
+    #: Accuracy of guessing on the pretext problem (None for reconstruction tasks).
+    chance_accuracy: float | None = None
+    #: False for the random-init row: nothing is trained before evaluation.
+    pretrains: bool = True
+    #: "convnet" (any backbone with spatial maps), "transformer", or "any".
+    requires: str = "any"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        name: str = "task",
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        num_classes: int = 10,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
+        image_size: int = 32,
+        in_channels: int = 3,
+        probe_lr: float = 0.1,
+        online_probe: bool = True,
+        panel_images: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self._check_backbone(backbone, in_channels)
+        self.backbone = backbone
+        self.task_name = name
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32), persistent=False)
+        self.online_probe = online_probe and num_classes > 0
+        self.probe_lr = probe_lr
+        self.panel_images = panel_images
+        if self.online_probe:
+            self.probe = nn.Linear(backbone.feature_dim, num_classes)
+            self.probe_train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+            self.probe_val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+
+    # -- what subclasses override ---------------------------------------------------------------
+    def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
+        """Build the pretext batch from clean float images in [0, 1], run it, return the loss."""
+        raise NotImplementedError
+
+    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
+        """How clean [0, 1] images enter the backbone (default: channel normalisation)."""
+        return normalize(images, self.mean, self.std)
+
+    def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named image grids ``(3, H, W)`` in [0, 1] showing the task's inputs and outputs."""
+        return {}
+
+    # -- shared machinery -----------------------------------------------------------------------
+    def _check_backbone(self, backbone: Backbone, in_channels: int) -> None:
+        name = type(self).__name__
+        if self.requires == "convnet" and not backbone.is_convolutional:
+            raise TaskConfigError(
+                f"{name} needs a convolutional backbone (spatial feature maps), got {type(backbone).__name__}; "
+                "choose backbone=convnet, resnet18 or resnet50"
+            )
+        if self.requires == "transformer" and backbone.is_convolutional:
+            raise TaskConfigError(
+                f"{name} needs a transformer backbone (patch tokens), got {type(backbone).__name__}; "
+                "choose backbone=vit_tiny (or another vit_*)"
+            )
+        if backbone.in_channels != in_channels:
+            raise TaskConfigError(
+                f"{name} feeds {in_channels}-channel inputs but the backbone was built for "
+                f"{backbone.in_channels}; set backbone.in_channels=${{task.in_channels}}"
+            )
+
+    def encoder(self) -> EvaluationEncoder:
+        """The backbone as evaluation sees it: [0, 1] images in, features out."""
+        return EvaluationEncoder(self.backbone, self.backbone_input)
+
+    def _check_finite(self, output: PretextOutput) -> None:
+        terms = {"loss": output.loss, **output.terms}
+        for term, value in terms.items():
+            if not torch.isfinite(value.detach()).all():
+                raise NonFiniteLossError(
+                    f"task {type(self).__name__}: loss term {term!r} is {value.detach().float().mean().item()} "
+                    f"at global step {self.global_step} (epoch {self.current_epoch}); lower the learning rate, "
+                    "use precision=32-true, or check the input data"
+                )
+
+    def _probe_loss(self, features: torch.Tensor | None, images: torch.Tensor, labels: torch.Tensor,
+                    stage: str) -> torch.Tensor:
+        if not self.online_probe:
+            return images.new_zeros(())
+        if features is None:
+            with torch.no_grad():
+                features = self.backbone(self.backbone_input(images))
+        logits = self.probe(features.detach().float())
+        labelled = labels >= 0  # unlabeled images (-1) do not train or score the probe
+        if not labelled.any():
+            return logits.sum() * 0.0
+        loss = nn.functional.cross_entropy(logits[labelled], labels[labelled])
+        metric = self.probe_train_acc if stage == "train" else self.probe_val_acc
+        metric(logits[labelled].detach(), labels[labelled])
+        self.log(f"probe/{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=stage == "val",
+                 sync_dist=stage == "val")
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        output = self.pretext_step(images, labels)
+        self._check_finite(output)
+        self._log_pretext(output, "train", len(images))
+        probe_loss = self._probe_loss(output.clean_features, images, labels, "train")
+        return output.loss + probe_loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        output = self.pretext_step(images, labels)
+        self._log_pretext(output, "val", len(images))
+        self._probe_loss(output.clean_features, images, labels, "val")
+        if batch_idx == 0 and self.panel_images > 0:
+            from pretextlab.viz import log_panels
+
+            with torch.no_grad():
+                panels = self.visualize(images[: self.panel_images])
+            log_panels(self, panels)
+
+    def _log_pretext(self, output: PretextOutput, stage: str, batch_size: int) -> None:
+        values = {f"pretext/{stage}_loss": output.loss.detach()}
+        values.update({f"pretext/{stage}_{k}": v.detach() for k, v in output.metrics.items()})
+        values.update({f"pretext/{stage}_loss_{k}": v.detach() for k, v in output.terms.items()})
+        self.log_dict(values, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
+                      prog_bar=False, sync_dist=stage == "val")
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Task parameters (backbone + heads) in one group, the probe in its own (no weight decay)."""
+        probe_params = set(self.probe.parameters()) if self.online_probe else set()
+        task_params = [p for p in self.parameters() if p.requires_grad and p not in probe_params]
+        groups: list[dict[str, Any]] = [{"params": task_params, "name": "task"}]
+        if self.online_probe:
+            groups.append({"params": list(probe_params), "lr": self.probe_lr, "weight_decay": 0.0, "name": "probe"})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise TaskConfigError(f"{type(self).__name__} has no optimizer; set task.optimizer")
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy of ``logits`` against integer ``targets`` (a float scalar tensor)."""
+    return (logits.argmax(dim=-1) == targets).float().mean()
+
+
+def mlp_head(in_features: int, out_features: int, hidden: int = 0) -> nn.Module:
+    """Linear head, or a one-hidden-layer MLP with BN when ``hidden > 0``."""
+    if hidden <= 0:
+        return nn.Linear(in_features, out_features)
+    return nn.Sequential(
+        nn.Linear(in_features, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, out_features),
+    )

@@ -1,0 +1,32 @@
+"""The upper-bound row: the same backbone trained on the labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError, accuracy
+
+
+class SupervisedTask(PretextTask):
+    """Cross-entropy on the class labels (images labelled -1 are ignored)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.num_classes < 2:
+            raise TaskConfigError("task=supervised needs labelled data with at least 2 classes")
+        self.chance_accuracy = 1.0 / self.num_classes
+        self.head = nn.Linear(self.backbone.feature_dim, self.num_classes)
+
+    def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
+        features = self.backbone(self.backbone_input(images))
+        logits = self.head(features)
+        labelled = labels >= 0
+        if labelled.any():
+            loss = nn.functional.cross_entropy(logits[labelled], labels[labelled])
+            acc = accuracy(logits[labelled], labels[labelled])
+        else:
+            loss, acc = logits.sum() * 0.0, logits.new_zeros(())
+        return PretextOutput(loss=loss, metrics={"acc": acc}, clean_features=features)

@@ -1,0 +1,265 @@
+"""Hydra entry point: compose → validate → instantiate → pretrain → evaluate → results.json.
+
+    python -m pretextlab.train task=rotation backbone=convnet data=synthetic
+    python -m pretextlab.train -m task=none,rotation,supervised      # a sweep
+
+Nothing imports this module: it is the outermost layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import pretextlab
+from pretextlab.config import ConfigError, config_dir, project_root, validate_config
+from pretextlab.evaluation.runner import evaluate
+from pretextlab.io import atomic_write_json
+
+log = logging.getLogger("pretextlab.train")
+
+RESULTS_FILE = "results.json"
+_SECRET_MARKERS = ("key", "token", "secret", "password")
+
+
+class ExistingResultsError(RuntimeError):
+    """The run directory holds finished results of a different config."""
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
+                             timeout=5, check=False)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _scrub(value: Any) -> Any:
+    """Drop values of keys that look like credentials, wherever they sit in the config."""
+    if isinstance(value, dict):
+        return {k: ("<redacted>" if any(m in str(k).lower() for m in _SECRET_MARKERS) and isinstance(v, str) and v
+                    else _scrub(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    for volatile in ("paths", "overwrite", "resume"):
+        plain.pop(volatile, None)
+    return _scrub(plain)
+
+
+def _metric_values(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith(prefix) and not key.endswith("_step"):
+            name = key[len(prefix):].removesuffix("_epoch")
+            out[name] = float(value)
+    return out
+
+
+def _existing_results(run_dir: Path, config: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Finished results for the same config, to skip the job; refuse to clobber different ones."""
+    path = run_dir / RESULTS_FILE
+    if not path.exists() or overwrite:
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if previous.get("status") != "ok":
+        return None  # a failed job is retried
+    if previous.get("config") == config:
+        return previous
+    raise ExistingResultsError(
+        f"{path} holds finished results of a different config; pass overwrite=true to replace them "
+        "or choose another output directory (hydra.run.dir=...)"
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment described by a composed config; returns the results dictionary."""
+    validate_config(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    config = resolved_config(cfg)
+    previous = _existing_results(run_dir, config, bool(cfg.get("overwrite", False)))
+    if previous is not None:
+        log.info("%s already holds finished results for this config: skipping the job", run_dir)
+        return previous
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"output directory {run_dir} is not writable; choose another with hydra.run.dir=...")
+
+    started = time.perf_counter()
+    L.seed_everything(int(cfg.seed), workers=True)
+    datamodule = instantiate(cfg.data)
+    backbone = instantiate(cfg.backbone)
+    task = instantiate(
+        cfg.task,
+        backbone=backbone,
+        num_classes=datamodule.num_classes,
+        mean=datamodule.mean,
+        std=datamodule.std,
+        image_size=datamodule.image_size,
+    )
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                     default_root_dir=str(run_dir))
+
+    results: dict[str, Any] = {
+        "status": "running",
+        "task": cfg.task.name,
+        "backbone": cfg.backbone.name,
+        "data": cfg.data.name,
+        "seed": int(cfg.seed),
+        "chance_accuracy": task.chance_accuracy,
+    }
+    pretrain_start = time.perf_counter()
+    if task.pretrains and int(cfg.trainer.max_epochs) > 0:
+        checkpoint = _resume_checkpoint(cfg, run_dir)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
+    pretrain_seconds = time.perf_counter() - pretrain_start
+    logged = {k: v.item() if torch.is_tensor(v) else v for k, v in trainer.callback_metrics.items()}
+    results["pretext"] = _metric_values(logged, "pretext/")
+    results["online_probe"] = _metric_values(logged, "probe/")
+    results["epochs"] = int(trainer.current_epoch)
+    results["steps"] = int(trainer.global_step)
+
+    eval_start = time.perf_counter()
+    device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    protocols = {name: instantiate(p) for name, p in (cfg.eval.protocols or {}).items() if p is not None}
+    if trainer.is_global_zero or not protocols:
+        results["eval"] = evaluate(task.encoder(), datamodule, protocols, cfg.eval.stages, int(cfg.eval.pool_size),
+                                   device)
+    eval_seconds = time.perf_counter() - eval_start
+    headline_key = str(cfg.eval.headline)
+    results["headline"] = {"metric": headline_key, "value": _lookup(results.get("eval", {}), headline_key)}
+    results["wall_time"] = {"pretrain": pretrain_seconds, "eval": eval_seconds,
+                            "total": time.perf_counter() - started}
+    results.update(_provenance())
+    results["config"] = config
+    results["status"] = "ok"
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / RESULTS_FILE, results)
+    return results
+
+
+def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    resume = cfg.get("resume", "auto")
+    if resume in (None, False, "never", "none"):
+        return None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume == "auto":
+        if last.exists():
+            log.info("resuming from %s", last)
+            return str(last)
+        return None
+    path = Path(str(resume))
+    if not path.exists():
+        raise ConfigError(f"resume={resume!r}: no such checkpoint; use resume=auto or a path to a .ckpt file")
+    return str(path)
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> float | None:
+    node: Any = tree
+    for part in dotted.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def _provenance() -> dict[str, Any]:
+    import hydra as hydra_module
+    import torchvision
+
+    return {
+        "pretextlab_version": pretextlab.__version__,
+        "git_commit": _git_commit(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "lightning": L.__version__,
+            "hydra": hydra_module.__version__,
+        },
+        "hostname": platform.node(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """Leave a results.json that says the job failed (never over a finished one)."""
+    try:
+        run_dir = Path(cfg.paths.run_dir)
+        path = run_dir / RESULTS_FILE
+        if path.exists():
+            try:
+                if json.loads(path.read_text()).get("status") == "ok":
+                    return
+            except json.JSONDecodeError:
+                pass
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        atomic_write_json(path, {
+            "status": f"failed: {first_line}",
+            "error_type": type(error).__name__,
+            "task": cfg.task.get("name"),
+            "backbone": cfg.backbone.get("name"),
+            "data": cfg.data.get("name"),
+            "seed": cfg.get("seed"),
+            "config": resolved_config(cfg),
+            "traceback": traceback.format_exc(),
+        })
+    except Exception:  # the original error matters more than a failure to record it
+        log.exception("could not record the failure")
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExistingResultsError, ValueError, FileNotFoundError)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Run one job; in a multirun a failing job is recorded and the sweep goes on."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        results = run(cfg)
+    except Exception as error:
+        _record_failure(cfg, error)
+        if multirun:
+            log.error("job failed: %s (the sweep continues)", str(error).splitlines()[0] if str(error) else error)
+            log.debug("traceback", exc_info=True)
+            return math.nan
+        if isinstance(error, USER_ERRORS) and not os.environ.get("PRETEXTLAB_TRACEBACK"):
+            print(f"pretextlab: error: {error}", file=sys.stderr)
+            print("(set PRETEXTLAB_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+            sys.exit(2)
+        raise
+    value = results.get("headline", {}).get("value")
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()

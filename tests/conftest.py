@@ -1,0 +1,62 @@
+"""Shared test helpers: compose the real configs (Hydra compose API) with tiny settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from pretextlab.config import config_dir
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+#: Overrides that make any experiment finish in seconds on 2 CPU cores.
+TINY = [
+    "data.source.num_train=256",
+    "data.source.num_test=128",
+    "data.batch_size=64",
+    "data.eval_batch_size=128",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "eval.protocols.linear.epochs=3",
+    "eval.protocols.linear.lrs=[0.01]",
+    "eval.protocols.linear.weight_decays=[0.0]",
+    "logger=none",
+]
+
+
+def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None,
+                   tiny: bool = True) -> DictConfig:
+    """Compose ``conf/train.yaml`` as the command line would, with TINY settings first."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=(TINY if tiny else []) + list(overrides or []))
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    """``make_config(["task=jigsaw"])`` → a tiny composed config writing into ``tmp_path/run``."""
+
+    def _make(overrides: list[str] | None = None, tiny: bool = True, run_dir: Path | None = None) -> DictConfig:
+        return compose_config(overrides, run_dir or tmp_path / "run", tiny)
+
+    return _make
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra() -> Iterator[None]:
+    yield
+    GlobalHydra.instance().clear()
