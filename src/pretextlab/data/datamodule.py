@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import Iterator
+
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretextlab.data.sources import DataError, DataSource, Split
 from pretextlab.ops.augment import random_crop_with_padding, random_horizontal_flip
@@ -35,6 +37,71 @@ def _keep_batch(batch: Any) -> Any:
     return batch
 
 
+class IndexDataset(Dataset):
+    """Serves only indices: the images already live on the device (``on_device=True``)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(index)
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return torch.as_tensor(indices, dtype=torch.long)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Shuffled batches defined globally, each process taking its slice of every global batch.
+
+    With ``world_size`` processes of ``batch_size`` images, global batch ``b`` is
+    ``perm[b·G : (b+1)·G]`` with ``G = batch_size × world_size`` and rank ``r`` gets the ``r``-th
+    slice of it. So a run on N processes sees exactly the global batches that a 1-process run with
+    batch ``G`` sees — which is what makes DDP results comparable to single-process ones. The
+    permutation depends on (seed, epoch) only; incomplete global batches are dropped.
+    """
+
+    def __init__(self, length: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.length, self.batch_size, self.world_size, self.rank, self.seed = length, batch_size, world_size, rank, seed
+        self.epoch = 0
+        global_batch = batch_size * world_size
+        if length < global_batch:
+            raise ValueError(
+                f"the training split has {length} images, fewer than one global batch of {global_batch} "
+                f"({batch_size} per process x {world_size} processes); lower data.batch_size"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length // (self.batch_size * self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.length, generator=generator)
+        global_batch = self.batch_size * self.world_size
+        for index in range(len(self)):
+            start = index * global_batch + self.rank * self.batch_size
+            yield order[start : start + self.batch_size].tolist()
+        self.epoch += 1  # also advances when Lightning does not call set_epoch
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``r`` of ``w`` takes indices ``r, r+w, …``: every sample once, no padding duplicates."""
+
+    def __init__(self, length: int, world_size: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
 class PretextDataModule(L.LightningDataModule):
     """Serves a :class:`DataSource` to pretraining, the online probe and offline evaluation.
 
@@ -43,7 +110,15 @@ class PretextDataModule(L.LightningDataModule):
     whatever device the batch landed on, vectorised over the batch. Normalisation is left to the
     task, because some tasks need the raw [0, 1] colours (colourisation converts them to Lab).
 
-    ``batch_size`` is per process: under DDP the global batch is ``batch_size × world size``.
+    ``batch_size`` is per process: under DDP the global batch is ``batch_size × world size``, and
+    every process takes its slice of each global batch (:class:`GlobalBatchSampler`), so N processes
+    see the same global batches as one process with N times the batch. Validation batches are
+    sharded without padding (:class:`ShardSampler`). Trainers therefore run with
+    ``use_distributed_sampler: false``.
+
+    ``on_device=True`` keeps the whole uint8 split on the accelerator (CIFAR-10 is 150 MB): loaders
+    then serve index tensors only and batches are gathered on the device, so no worker process or
+    host-to-device copy limits the GPU.
     """
 
     def __init__(
@@ -57,6 +132,7 @@ class PretextDataModule(L.LightningDataModule):
         crop_padding: int = 4,
         horizontal_flip: bool = True,
         pin_memory: bool = False,
+        on_device: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -73,8 +149,10 @@ class PretextDataModule(L.LightningDataModule):
         self.crop_padding = crop_padding
         self.horizontal_flip = horizontal_flip
         self.pin_memory = pin_memory
+        self.on_device = on_device
         self.seed = seed
         self._splits: dict[str, Split] = {}
+        self._device_splits: dict[tuple[str, str], Split] = {}
 
     # -- facts the rest of the program needs -------------------------------------------------
     @property
@@ -110,31 +188,60 @@ class PretextDataModule(L.LightningDataModule):
         self.split("pretrain")
         self.split("test")
 
-    def _loader(self, split: Split, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(
-            InMemoryDataset(split),
-            batch_size=min(batch_size, len(split)) if drop_last else batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=_keep_batch,
-        )
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def _dataset(self, name: str) -> Dataset:
+        data = self.split(name)
+        return IndexDataset(len(data)) if self.on_device else InMemoryDataset(data)
+
+    def _loader_options(self) -> dict[str, Any]:
+        workers = 0 if self.on_device else self.num_workers
+        return {
+            "num_workers": workers,
+            "pin_memory": self.pin_memory and not self.on_device,
+            "persistent_workers": workers > 0,
+            "collate_fn": _keep_batch,
+        }
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.split("pretrain"), self.batch_size, shuffle=True, drop_last=True)
+        world_size, rank = self._world()
+        sampler = GlobalBatchSampler(len(self.split("pretrain")), self.batch_size, world_size, rank, self.seed)
+        return DataLoader(self._dataset("pretrain"), batch_sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split("test"), self.eval_batch_size, shuffle=False, drop_last=False)
+        world_size, rank = self._world()
+        sampler = ShardSampler(len(self.split("test")), world_size, rank)
+        return DataLoader(self._dataset("test"), batch_size=self.eval_batch_size, sampler=sampler,
+                          **self._loader_options())
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Plain (unaugmented, unshuffled) batches of a split, for feature extraction."""
-        return self._loader(self.split(split), self.eval_batch_size, shuffle=False, drop_last=False)
+    def eval_dataloader(self, split: str, world_size: int = 1, rank: int = 0) -> DataLoader:
+        """Plain (unaugmented, unshuffled) uint8 batches of a split, for feature extraction.
+
+        With ``world_size > 1`` the split is sharded ``rank::world_size`` without padding.
+        """
+        sampler = ShardSampler(len(self.split(split)), world_size, rank)
+        return DataLoader(InMemoryDataset(self.split(split)), batch_size=self.eval_batch_size, sampler=sampler,
+                          **{**self._loader_options(), "num_workers": 0, "persistent_workers": False})
+
+    def _device_split(self, name: str, device: torch.device) -> Split:
+        key = (name, str(device))
+        if key not in self._device_splits:
+            data = self.split(name)
+            self._device_splits[key] = Split(data.images.to(device), data.labels.to(device))
+        return self._device_splits[key]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
         training = self.trainer is not None and self.trainer.training
+        if self.on_device:
+            index = batch
+            data = self._device_split("pretrain" if training else "test", index.device)
+            images, labels = data.images[index], data.labels[index]
+        else:
+            images, labels = batch
         return self.prepare_images(images, augment=training), labels
 
     def prepare_images(self, images: torch.Tensor, augment: bool) -> torch.Tensor:

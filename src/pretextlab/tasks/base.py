@@ -14,7 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import random
+
 import lightning as L
+import numpy as np
 import torch
 import torchmetrics
 from torch import nn
@@ -221,6 +224,29 @@ class PretextTask(L.LightningModule):
             groups.append({"params": list(probe_params), "lr": self.probe_lr, "weight_decay": 0.0, "name": "probe"})
         return groups
 
+    # -- exact resume ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Random pretext transforms and augmentations draw from the global generators; storing them
+        # makes a resumed run continue the very same random stream as an uninterrupted one.
+        checkpoint["pretextlab_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # Plain types and tensors only, so the checkpoint loads with weights_only=True.
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("pretextlab_rng")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        kind, keys, position, has_gauss, cached = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        random.setstate(states["python"])
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise TaskConfigError(f"{type(self).__name__} has no optimizer; set task.optimizer")
@@ -229,6 +255,11 @@ class PretextTask(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _numpy_state_to_plain(state: Any) -> tuple[Any, ...]:
+    kind, keys, position, has_gauss, cached = state
+    return (str(kind), torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
