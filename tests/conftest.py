@@ -27,10 +27,13 @@ TINY = [
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
+    "logger=none",
+]
+#: Added when the composed eval options include the linear probe.
+TINY_LINEAR = [
     "eval.protocols.linear.epochs=3",
     "eval.protocols.linear.lrs=[0.01]",
     "eval.protocols.linear.weight_decays=[0.0]",
-    "logger=none",
 ]
 
 
@@ -40,6 +43,8 @@ def compose_config(overrides: list[str] | None = None, run_dir: Path | None = No
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=(TINY if tiny else []) + list(overrides or []))
+        if tiny and "linear" in (cfg.eval.protocols or {}):
+            cfg = compose(config_name="train", overrides=TINY + TINY_LINEAR + list(overrides or []))
     if run_dir is not None:
         with open_dict(cfg):
             cfg.paths.run_dir = str(run_dir)

@@ -35,6 +35,6 @@ def test_random_init_row_does_not_train(make_config):
 @pytest.mark.parametrize("task, chance, floor", [("rotation", 0.25, 0.6), ("supervised", 0.1, 0.25)])
 def test_short_run_learns_its_pretext_well_above_chance(make_config, task, chance, floor):
     results = run(make_config([f"task={task}", "data.source.num_train=1024", "trainer.max_epochs=3",
-                               "eval=none"]))
+                               ]))
     assert results["chance_accuracy"] == pytest.approx(chance)
     assert results["pretext"]["val_acc"] >= floor, results["pretext"]

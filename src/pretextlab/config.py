@@ -1,22 +1,51 @@
-"""Config-time helpers: the project-root resolver and validation of composed configs.
+"""Config-time helpers: the project-root resolver, validation of composed configs, secret redaction.
 
-Validation runs right after composition, before anything is built or written, and every error
-names the key, the value and what is allowed.
+Validation runs right after composition, before anything is built or written. It has two parts:
+
+- :data:`RULES`, a table of ``(key pattern, accepted values)``: types and ranges of single keys. A
+  pattern is a dotted key path where ``*`` matches one level and ``**`` any number of levels, so
+  ``task.**.lr`` covers every optimiser of every task, whatever its yaml calls the node.
+- :func:`_cross_checks`: facts that involve several keys (a task and the backbone it needs, eval
+  stages and the backbone's stage names, a jigsaw grid and the image size, ...). The backbone is
+  built on PyTorch's ``meta`` device for these checks: no memory, no weights, a few milliseconds,
+  and exactly the stage names and shapes the run would see.
+
+Every problem names the key, the value and what is allowed; all problems are reported at once.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
+#: Smallest image side any backbone/task combination is meant for (the synthetic scenes are 32 px).
+MIN_IMAGE_SIZE = 8
+#: Environment variables whose values are credentials: never written to any output.
+_SECRET_ENV_PATTERN = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+#: Values shorter than this are not treated as secrets (``WANDB_KEY=1`` would redact every "1").
+_MIN_SECRET_LENGTH = 6
+REDACTED = "<redacted>"
 
 
 class ConfigError(ValueError):
-    """A composed config holds a value pretextlab cannot run with."""
+    """A composed config holds a value pretextlab cannot run with.
+
+    ``problems`` lists every problem found, one line each; ``str(error)`` starts with the first.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message)
 
 
 def project_root() -> Path:
@@ -43,26 +72,445 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+# -- secrets ------------------------------------------------------------------------------------
+def secret_values() -> list[str]:
+    """Values of environment variables that look like credentials (``WANDB_API_KEY``, ``*_TOKEN``...)."""
+    return sorted(
+        {value for name, value in os.environ.items()
+         if _SECRET_ENV_PATTERN.search(name) and len(value) >= _MIN_SECRET_LENGTH},
+        key=len, reverse=True,  # longest first, so a secret containing another is replaced whole
+    )
+
+
+def redact(value: Any, secrets: list[str] | None = None) -> Any:
+    """``value`` with every credential from the environment replaced by ``<redacted>``.
+
+    Works on strings and on nested dicts/lists of them; other values pass through. Catches a key
+    that reached a config through ``${oc.env:WANDB_API_KEY}`` whatever the config key is called.
+    """
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {key: redact(item, secrets) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(item, secrets) for item in value)
+    return value
+
+
+# -- accepted values ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Accepts:
+    """A predicate on a config value and the words that tell the user what it accepts."""
+
+    test: Callable[[Any], bool]
+    text: str
+
+    def __call__(self, value: Any) -> bool:
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):
+            return False
+
+    def __or__(self, other: Accepts) -> Accepts:
+        return Accepts(lambda v: self(v) or other(v), f"{self.text} or {other.text}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def integer(minimum: int | None = None) -> Accepts:
+    text = "an integer" if minimum is None else f"an integer >= {minimum}"
+    return Accepts(lambda v: _is_int(v) and (minimum is None or v >= minimum), text)
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Accepts:
+    """A finite int or float in the interval; ``*_open`` excludes that end."""
+
+    def test(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        return not (high is not None and (v >= high if high_open else v > high))
+
+    if low is not None and high is not None:
+        text = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        text = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        text = "a number"
+    return Accepts(test, text)
+
+
+def one_of(*choices: Any) -> Accepts:
+    return Accepts(lambda v: not isinstance(v, (dict, list)) and v in choices and type(v) is type(
+        next(c for c in choices if c == v)), f"one of {list(choices)}")
+
+
+def list_of(item: Accepts, length: int | None = None, min_length: int = 1) -> Accepts:
+    size = f"{length}" if length is not None else f"at least {min_length}"
+    return Accepts(
+        lambda v: isinstance(v, (list, tuple)) and (len(v) == length if length is not None else len(v) >= min_length)
+        and all(item(x) for x in v),
+        f"a list of {size} ({item.text} each)",
+    )
+
+
+BOOLEAN = Accepts(lambda v: isinstance(v, bool), "true or false")
+NULL = Accepts(lambda v: v is None, "null")
+TEXT = Accepts(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+PROBABILITY = number(0, 1)
+OPEN_FRACTION = number(0, 1, low_open=True, high_open=True)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Every key matching ``pattern`` (when present) must hold a value ``accepts`` takes."""
+
+    pattern: str
+    accepts: Accepts
+
+
+#: Types and ranges of single keys. Keys that are absent are not required (the yaml owns defaults).
+RULES: tuple[Rule, ...] = (
+    Rule("seed", integer()),
+    Rule("overwrite", BOOLEAN),
+    Rule("resume", one_of("auto", "never", "none") | NULL | one_of(False) | TEXT),
+    # data
+    Rule("data.batch_size", integer(1)),
+    Rule("data.eval_batch_size", integer(1)),
+    Rule("data.num_workers", integer(0)),
+    Rule("data.num_pretrain", NULL | integer(1)),
+    Rule("data.crop_padding", integer(0)),
+    Rule("data.horizontal_flip", BOOLEAN),
+    Rule("data.pin_memory", BOOLEAN),
+    Rule("data.on_device", BOOLEAN),
+    Rule("data.source.image_size", integer(MIN_IMAGE_SIZE)),
+    Rule("data.source.num_train", integer(1)),
+    Rule("data.source.num_test", integer(1)),
+    Rule("data.source.on_bad_image", one_of("skip", "fail")),
+    Rule("data.source.root", TEXT),
+    Rule("data.source.download", BOOLEAN),
+    Rule("data.source.cache", BOOLEAN),
+    Rule("data.source.mean", NULL | list_of(number(0, 1), length=3)),
+    Rule("data.source.std", NULL | list_of(number(0, low_open=True), length=3)),
+    # task: names shared by every task, then keys any task may use under any node
+    Rule("task.name", TEXT),
+    Rule("task.in_channels", one_of(1, 3)),
+    Rule("task.probe_lr", number(0, low_open=True)),
+    Rule("task.online_probe", BOOLEAN),
+    Rule("task.panel_images", integer(0)),
+    Rule("task.lr_scaling", one_of("none", "linear", "sqrt")),
+    Rule("task.base_batch_size", integer(1)),
+    Rule("task.**.lr", number(0, low_open=True)),
+    Rule("task.**.*_lr", number(0, low_open=True)),  # probe_lr, discriminator_lr, ...
+    Rule("task.**.weight_decay", number(0)),
+    Rule("task.**.momentum", number(0, 1, high_open=True)),
+    Rule("task.**.betas", list_of(number(0, 1, high_open=True), length=2)),
+    Rule("task.**.warmup_fraction", number(0, 1, high_open=True)),
+    Rule("task.**.mask_ratio", OPEN_FRACTION),
+    Rule("task.**.mask_fraction", OPEN_FRACTION),
+    Rule("task.**.*_fraction", PROBABILITY),
+    Rule("task.grid", integer(2)),
+    Rule("task.num_permutations", integer(1)),
+    Rule("task.tile_ratio", number(0, 1, low_open=True)),
+    # trainer
+    Rule("trainer.max_epochs", integer(0)),
+    Rule("trainer.max_steps", integer(-1)),
+    Rule("trainer.precision", one_of(*SUPPORTED_PRECISIONS, 32, 64)),
+    Rule("trainer.accelerator", one_of("cpu", "gpu", "cuda", "mps", "auto")),
+    Rule("trainer.devices", integer(1) | one_of(-1, "auto") | list_of(integer(0))),
+    Rule("trainer.num_nodes", integer(1)),
+    Rule("trainer.log_every_n_steps", integer(1)),
+    Rule("trainer.check_val_every_n_epoch", NULL | integer(1)),
+    Rule("trainer.num_sanity_val_steps", integer(-1)),
+    Rule("trainer.accumulate_grad_batches", integer(1)),
+    Rule("trainer.gradient_clip_val", NULL | number(0)),
+    Rule("trainer.limit_train_batches", NULL | integer(1) | number(0, 1, low_open=True)),
+    Rule("trainer.limit_val_batches", NULL | integer(0) | number(0, 1)),
+    Rule("trainer.fast_dev_run", BOOLEAN | integer(0)),
+    Rule("trainer.deterministic", BOOLEAN | one_of("warn")),
+    Rule("trainer.compile", BOOLEAN),
+    # eval
+    Rule("eval.pool_size", integer(1)),
+    Rule("eval.stages", TEXT | list_of(TEXT)),
+    Rule("eval.headline", TEXT),
+    Rule("eval.protocols.*.epochs", integer(1)),
+    Rule("eval.protocols.*.lr", number(0, low_open=True)),
+    Rule("eval.protocols.*.lrs", list_of(number(0, low_open=True))),
+    Rule("eval.protocols.*.weight_decays", list_of(number(0))),
+    Rule("eval.protocols.*.val_fraction", OPEN_FRACTION),
+    Rule("eval.protocols.*.batch_size", integer(1)),
+    Rule("eval.protocols.*.k", integer(1)),
+    Rule("eval.protocols.*.temperature", number(0, low_open=True)),
+    # loggers
+    Rule("logger.wandb.mode", one_of("auto", "online", "offline", "disabled")),
+)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """``task.**.lr`` → a regex matching ``task.lr``, ``task.optimizer.lr``, ``task.a.b.lr``."""
+    segments = pattern.split(".")
+    regex = ""
+    for index, segment in enumerate(segments):
+        if segment == "**":
+            regex += r"(?:[^.]+\.)*"
+        else:
+            regex += re.escape(segment).replace(r"\*", "[^.]*") + ("" if index == len(segments) - 1 else r"\.")
+    return re.compile(regex + "$")
+
+
+_COMPILED_RULES = tuple((_pattern_regex(rule.pattern), rule) for rule in RULES)
+
+
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted path, parent, key)`` of every key below ``node``, without resolving interpolations."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key!s}"
+            if path == "hydra":
+                continue
+            yield path, node, key
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none() \
+                    and not child._is_interpolation():
+                yield from _walk(child, f"{path}.")
+
+
+def _value(cfg: DictConfig, path: str) -> Any:
+    node = OmegaConf.select(cfg, path, throw_on_resolution_failure=True)
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _show(value: Any) -> str:
+    return repr(redact(value))
+
+
+def _problem(key: str, value: Any, allowed: str) -> str:
+    return f"{key}={_show(value)} is not allowed: {allowed}"
+
+
+def _check_rules(cfg: DictConfig) -> list[str]:
+    problems: list[str] = []
+    for path, parent, key in _walk(cfg):
+        if OmegaConf.is_missing(parent, key):
+            problems.append(f"{path} is required but not set (???): pass {path}=<value> on the command line")
+            continue
+        matching = [rule for regex, rule in _COMPILED_RULES if regex.match(path)]
+        if not matching:
+            continue
+        try:
+            value = _value(cfg, path)
+        except OmegaConfBaseException as error:
+            problems.append(f"{path} cannot be resolved: {str(error).splitlines()[0]}")
+            continue
+        for rule in matching:
+            if not rule.accepts(value):
+                problems.append(_problem(path, value, f"must be {rule.accepts.text}"))
+                break
+    return problems
+
+
+# -- checks across keys ------------------------------------------------------------------------
+def _build_backbone_on_meta(cfg: DictConfig) -> Any:
+    """The configured backbone with ``meta`` tensors: stage names and shapes, no memory, no weights."""
+    import torch
+    from hydra.utils import instantiate
+
+    with torch.device("meta"):
+        return instantiate(cfg.backbone)
+
+
+def _backbone_problems(cfg: DictConfig, image_size: int | None) -> tuple[Any, list[str]]:
+    import torch
+
+    name = cfg.backbone.get("name", "?")
+    try:
+        backbone = _build_backbone_on_meta(cfg)
+    except Exception as error:  # the constructor's own message says what is wrong
+        cause = error.__cause__ or error
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        return None, [f"backbone={name} cannot be built from these backbone.* values: {redact(first)}"]
+    if image_size is None:
+        return backbone, []
+    try:
+        probe = torch.empty(2, int(backbone.in_channels), image_size, image_size, device="meta")
+        backbone.eval()
+        with torch.no_grad():
+            backbone.stage_outputs(probe)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return backbone, [
+            f"data.source.image_size={image_size} is not allowed: backbone={name} cannot process "
+            f"{image_size} px images ({first}); use larger images or a shallower backbone"
+        ]
+    except NotImplementedError:  # an op without a meta kernel: the run itself will tell
+        pass
+    return backbone, []
+
+
+def _task_class(cfg: DictConfig) -> tuple[Any, list[str]]:
+    from hydra.utils import get_class
+
+    target = cfg.task.get("_target_")
+    if target is None:
+        return None, []
+    try:
+        return get_class(str(target)), []
+    except Exception as error:
+        return None, [_problem("task._target_", target, f"must name an importable task class ({error})")]
+
+
+def _cross_checks(cfg: DictConfig) -> list[str]:
+    problems: list[str] = []
+    image_size = cfg.data.source.get("image_size")
+    task_class, class_problems = _task_class(cfg)
+    problems += class_problems
+
+    # The channels the task feeds and the channels the backbone is built for.
+    task_channels, backbone_channels = cfg.task.get("in_channels"), cfg.backbone.get("in_channels")
+    if task_channels is not None and backbone_channels is not None and task_channels != backbone_channels:
+        problems.append(
+            _problem("backbone.in_channels", backbone_channels,
+                     f"task={cfg.task.get('name')} feeds {task_channels}-channel images; "
+                     "leave backbone.in_channels=${task.in_channels}")
+        )
+
+    backbone, backbone_problems = _backbone_problems(cfg, image_size)
+    problems += backbone_problems
+    if backbone is not None:
+        requires = getattr(task_class, "requires", "any")
+        kind = "convolutional" if backbone.is_convolutional else "transformer"
+        if (requires == "convnet" and not backbone.is_convolutional) or (
+                requires == "transformer" and backbone.is_convolutional):
+            wanted = "a convolutional backbone (convnet, resnet18, resnet50)" if requires == "convnet" \
+                else "a transformer backbone (vit_tiny, vit_small)"
+            problems.append(
+                f"backbone={cfg.backbone.get('name')} is not allowed with task={cfg.task.get('name')}: "
+                f"the task needs {wanted}, this backbone is {kind}"
+            )
+        stages = _value(cfg, "eval.stages")
+        names = list(backbone.stage_names)
+        wanted_stages = [stages] if isinstance(stages, str) and stages not in ("all", "last") else (
+            stages if isinstance(stages, list) else [])
+        unknown = [s for s in wanted_stages if s not in names]
+        if unknown:
+            problems.append(_problem("eval.stages", stages,
+                                     f"backbone={cfg.backbone.get('name')} has no stage(s) {unknown}; "
+                                     f"use all, last, or a list from {names}"))
+        # A task reading one stage of the backbone (inpainting's encoder_stage, ...).
+        for key in [k for k in cfg.task.keys() if str(k).endswith("_stage")]:
+            stage = cfg.task.get(key)
+            named_wrong = isinstance(stage, str) and stage not in names
+            index_wrong = _is_int(stage) and not -len(names) <= stage < len(names)
+            if named_wrong or index_wrong:
+                problems.append(_problem(f"task.{key}", stage, f"backbone={cfg.backbone.get('name')} has stages "
+                                                               f"{names} (a name, an index, or null: the last)"))
+
+    # A jigsaw grid: its cells, tiles and permutation count (the rules live with the tile ops).
+    if "grid" in cfg.task and image_size is not None:
+        problems += _jigsaw_problems(cfg, int(image_size))
+
+    headline = str(cfg.eval.get("headline", "none"))
+    protocols = list((cfg.eval.get("protocols") or {}).keys())
+    if headline != "none" and headline.split("/")[0] not in protocols:
+        problems.append(_problem("eval.headline", headline,
+                                 f"must be none or <protocol>/<metric> with a protocol of eval.protocols {protocols}"))
+
+    precision, accelerator = str(cfg.trainer.get("precision")), cfg.trainer.get("accelerator")
+    if accelerator == "cpu" and precision == "16-mixed":
+        problems.append(_problem("trainer.precision", precision,
+                                 "float16 mixed precision needs a GPU; use bf16-mixed or 32-true on CPU"))
+    if accelerator in ("gpu", "cuda"):
+        from lightning.pytorch.accelerators import CUDAAccelerator
+
+        if not CUDAAccelerator.is_available():  # NVML-based: does not initialise CUDA in this process
+            problems.append(_problem("trainer.accelerator", accelerator,
+                                     "no CUDA GPU is visible on this machine; use trainer=cpu"))
+
+    # Fewer images than one batch: every epoch would have no training step at all.
+    num_images = cfg.data.get("num_pretrain") or cfg.data.source.get("num_train")
+    if num_images is not None and int(num_images) < int(cfg.data.batch_size):
+        problems.append(_problem("data.batch_size", cfg.data.batch_size,
+                                 f"must be <= the {num_images} pretraining images, or no epoch has a full batch"))
+    if image_size is not None and int(cfg.data.get("crop_padding", 0)) >= int(image_size):
+        problems.append(_problem("data.crop_padding", cfg.data.crop_padding,
+                                 f"must be smaller than data.source.image_size={image_size}"))
+    return problems
+
+
+def _jigsaw_problems(cfg: DictConfig, image_size: int) -> list[str]:
+    """A jigsaw grid against the image size and its permutation count (the rules live with the ops)."""
+    try:
+        from pretextlab.ops.permutations import validate_request
+        from pretextlab.ops.tiles import tile_geometry
+    except ImportError:  # no jigsaw ops in this installation: the task cannot be configured anyway
+        return []
+    grid = cfg.task.grid
+    problems = []
+    try:
+        tile_geometry(image_size, image_size, grid, float(cfg.task.get("tile_ratio", 1.0)),
+                      int(cfg.task.get("color_jitter_px", 0)))
+    except ValueError as error:
+        problems.append(_problem("task.grid", grid, str(error)))
+    count = cfg.task.get("num_permutations")
+    if count is not None:
+        try:
+            validate_request(count, grid)
+        except ValueError as error:
+            problems.append(_problem("task.num_permutations", count, str(error)))
+    return problems
+
+
+def _output_problems(cfg: DictConfig) -> list[str]:
+    """An output directory that cannot be created or written fails here, before any training."""
+    try:
+        run_dir = Path(str(OmegaConf.select(cfg, "paths.run_dir", throw_on_resolution_failure=True)))
+    except OmegaConfBaseException:
+        return []  # composed outside Hydra without a run dir: the caller decides where outputs go
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"output directory {run_dir} cannot be created: {existing} is a file, not a folder; "
+                "choose another with hydra.run.dir=..."]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"output directory {run_dir} cannot be written ({existing} is read-only); "
+                "choose another with hydra.run.dir=..."]
+    if existing == run_dir:
+        try:  # os.access says yes to root even on a read-only mount: try for real
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+        except OSError as error:
+            return [f"output directory {run_dir} cannot be written ({error.strerror}); "
+                    "choose another with hydra.run.dir=..."]
+    return []
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check values that composition alone cannot catch; raise :class:`ConfigError` on the first."""
-    data = cfg.data
-    _require(int(data.batch_size) >= 1, "data.batch_size", data.batch_size, "must be a positive integer")
-    _require(int(data.eval_batch_size) >= 1, "data.eval_batch_size", data.eval_batch_size, "must be a positive integer")
-    _require(int(data.source.image_size) >= 8, "data.source.image_size", data.source.image_size, "must be >= 8 pixels")
-    _require(data.num_pretrain is None or int(data.num_pretrain) >= 1, "data.num_pretrain", data.num_pretrain,
-             "must be a positive integer or null (all images)")
-    optimizer = cfg.task.get("optimizer")
-    if optimizer is not None and "lr" in optimizer:
-        _require(float(optimizer.lr) > 0, "task.optimizer.lr", optimizer.lr, "must be > 0")
-    if "probe_lr" in cfg.task:
-        _require(float(cfg.task.probe_lr) > 0, "task.probe_lr", cfg.task.probe_lr, "must be > 0")
-    trainer = cfg.trainer
-    _require(str(trainer.precision) in SUPPORTED_PRECISIONS, "trainer.precision", trainer.precision,
-             f"choose one of {list(SUPPORTED_PRECISIONS)}")
-    _require(int(trainer.max_epochs) >= 0, "trainer.max_epochs", trainer.max_epochs, "must be >= 0")
-    _require(int(cfg.eval.pool_size) >= 1, "eval.pool_size", cfg.eval.pool_size, "must be >= 1")
+    """Check a composed config before any work; raise :class:`ConfigError` listing every problem.
+
+    The message's first line is the first problem (key, value and what is allowed); the other
+    problems follow, one a line.
+    """
+    problems = _check_rules(cfg)
+    if not problems:  # cross-checks assume every single key has the right type
+        problems = _cross_checks(cfg)
+    if not problems:
+        problems = _output_problems(cfg)
+    if problems:
+        message = problems[0]
+        if len(problems) > 1:
+            message += "\n" + "\n".join(f"  also: {p}" for p in problems[1:])
+        raise ConfigError(message, problems)

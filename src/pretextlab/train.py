@@ -29,9 +29,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import pretextlab
-from pretextlab.config import ConfigError, config_dir, project_root, validate_config
+from pretextlab.config import ConfigError, config_dir, project_root, redact, validate_config
 from pretextlab.evaluation.runner import evaluate
 from pretextlab.io import atomic_write_json
+from pretextlab.tasks.base import NonFiniteLossError
 
 log = logging.getLogger("pretextlab.train")
 
@@ -53,21 +54,27 @@ def _git_commit() -> str | None:
 
 
 def _scrub(value: Any) -> Any:
-    """Drop values of keys that look like credentials, wherever they sit in the config."""
+    """Drop credentials: values of keys that look like one, and any credential from the environment.
+
+    The second catch matters because ``${oc.env:WANDB_API_KEY}`` can land under any key name.
+    """
     if isinstance(value, dict):
         return {k: ("<redacted>" if any(m in str(k).lower() for m in _SECRET_MARKERS) and isinstance(v, str) and v
                     else _scrub(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_scrub(v) for v in value]
-    return value
+    return redact(value)
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
-    plain.pop("hydra", None)
-    for volatile in ("paths", "overwrite", "resume"):
-        plain.pop(volatile, None)
+    """The experiment's config, resolved, without Hydra's node, paths and run-control keys, scrubbed."""
+    # Resolved key by key: Hydra's own node may hold values that only exist inside a Hydra job.
+    plain: dict[str, Any] = {}
+    for key in cfg.keys():
+        if key in ("hydra", "paths", "overwrite", "resume"):
+            continue
+        value = cfg[key]
+        plain[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return _scrub(plain)
 
 
@@ -118,15 +125,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     backbone = instantiate(cfg.backbone)
     task = instantiate(
         cfg.task,
+        _convert_="all",  # plain lists in hyper-parameters: checkpoints load with weights_only=True
         backbone=backbone,
         num_classes=datamodule.num_classes,
         mean=datamodule.mean,
         std=datamodule.std,
         image_size=datamodule.image_size,
     )
+    trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer_options, dict)
+    if trainer_options.pop("compile", False):
+        task.backbone = compile_backbone(task.backbone)
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+    callbacks = [instantiate(c) for name, c in (cfg.callbacks or {}).items()
+                 if c is not None and (cfg.trainer.enable_progress_bar or name != "progress_bar")]
+    trainer: L.Trainer = instantiate(trainer_options, logger=loggers or False, callbacks=callbacks,
                                      default_root_dir=str(run_dir))
 
     results: dict[str, Any] = {
@@ -145,15 +158,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logged = {k: v.item() if torch.is_tensor(v) else v for k, v in trainer.callback_metrics.items()}
     results["pretext"] = _metric_values(logged, "pretext/")
     results["online_probe"] = _metric_values(logged, "probe/")
-    results["epochs"] = int(trainer.current_epoch)
-    results["steps"] = int(trainer.global_step)
+    results["epochs"] = int(logged.get("progress/epochs", trainer.current_epoch))
+    results["steps"] = int(logged.get("progress/steps", trainer.global_step))
 
     eval_start = time.perf_counter()
     device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     protocols = {name: instantiate(p) for name, p in (cfg.eval.protocols or {}).items() if p is not None}
     if trainer.is_global_zero or not protocols:
         results["eval"] = evaluate(task.encoder(), datamodule, protocols, cfg.eval.stages, int(cfg.eval.pool_size),
-                                   device)
+                                   device, cache_dir=run_dir)
     eval_seconds = time.perf_counter() - eval_start
     headline_key = str(cfg.eval.headline)
     results["headline"] = {"metric": headline_key, "value": _lookup(results.get("eval", {}), headline_key)}
@@ -167,12 +180,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def compile_backbone(backbone: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` the backbone's stage computation where it works; warn and go on where not."""
+    try:
+        import torch._dynamo
+
+        # Compilation errors surface at the first call, deep inside training: fall back to eager
+        # execution there (with dynamo's warning) instead of failing the run.
+        torch._dynamo.config.suppress_errors = True
+        # The module itself is not wrapped, so checkpoints and exported weights keep plain keys.
+        backbone.stage_outputs = torch.compile(backbone.stage_outputs)  # type: ignore[method-assign]
+    except Exception as error:  # compile support varies by platform and torch build
+        log.warning("torch.compile is not available here (%s); running the backbone uncompiled", error)
+    return backbone
+
+
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     resume = cfg.get("resume", "auto")
     if resume in (None, False, "never", "none"):
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume == "auto":
+        if cfg.get("overwrite", False):
+            return None  # replacing old results: never continue the old run's weights
         if last.exists():
             log.info("resuming from %s", last)
             return str(last)
@@ -212,7 +242,13 @@ def _provenance() -> dict[str, Any]:
 
 
 def _record_failure(cfg: DictConfig, error: BaseException) -> None:
-    """Leave a results.json that says the job failed (never over a finished one)."""
+    """Leave a results.json that says the job failed (never over a finished one).
+
+    A config the validator rejected, or a directory holding someone else's results, writes
+    nothing: no work was started, and the output directory keeps only Hydra's own files.
+    """
+    if isinstance(error, (ConfigError, ExistingResultsError)):
+        return
     try:
         run_dir = Path(cfg.paths.run_dir)
         path = run_dir / RESULTS_FILE
@@ -223,7 +259,9 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
             except json.JSONDecodeError:
                 pass
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        atomic_write_json(path, {
+        if isinstance(error, NonFiniteLossError):
+            first_line = f"non-finite loss: {first_line}"
+        atomic_write_json(path, redact({
             "status": f"failed: {first_line}",
             "error_type": type(error).__name__,
             "task": cfg.task.get("name"),
@@ -232,12 +270,14 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
             "seed": cfg.get("seed"),
             "config": resolved_config(cfg),
             "traceback": traceback.format_exc(),
-        })
+        }))
     except Exception:  # the original error matters more than a failure to record it
         log.exception("could not record the failure")
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExistingResultsError, ValueError, FileNotFoundError)
+#: Errors whose message is the whole story (bad config, bad data, a diverging loss): one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExistingResultsError, ValueError, FileNotFoundError,
+                                                NonFiniteLossError)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -249,11 +289,12 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as error:
         _record_failure(cfg, error)
         if multirun:
-            log.error("job failed: %s (the sweep continues)", str(error).splitlines()[0] if str(error) else error)
+            log.error("job failed: %s (the sweep continues)", redact(str(error).splitlines()[0] if str(error) else
+                                                                     type(error).__name__))
             log.debug("traceback", exc_info=True)
             return math.nan
         if isinstance(error, USER_ERRORS) and not os.environ.get("PRETEXTLAB_TRACEBACK"):
-            print(f"pretextlab: error: {error}", file=sys.stderr)
+            print(f"pretextlab: error: {redact(str(error))}", file=sys.stderr)
             print("(set PRETEXTLAB_TRACEBACK=1 to see the traceback)", file=sys.stderr)
             sys.exit(2)
         raise

@@ -124,18 +124,19 @@ class ImageFolderSource(DataSource):
         on_bad_image: str = "skip",
         cache: bool = True,
     ) -> None:
-        from pretextlab.data.imagefolder import list_image_folder
+        from pretextlab.data.imagefolder import BAD_IMAGE_POLICIES, list_image_folder
 
         self.root = Path(root).expanduser()
         self.image_size = image_size
         self.train_dir, self.test_dir = train_dir, test_dir
-        if on_bad_image not in ("skip", "fail"):
+        if on_bad_image not in BAD_IMAGE_POLICIES:
             raise DataError(f"data.source.on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
         self.on_bad_image = on_bad_image
         self.cache = cache
         if not self.root.is_dir():
+            state = "is a file, not a folder" if self.root.exists() else "does not exist"
             raise DataError(
-                f"image folder {self.root} does not exist; point data.source.root at a folder holding "
+                f"image folder {self.root} {state}; point data.source.root at a folder holding "
                 f"'{train_dir}/<class>/*.jpg' and '{test_dir}/<class>/*.jpg'"
             )
         self._train_files = list_image_folder(self.root / train_dir, what="training")
@@ -171,7 +172,7 @@ class ImageFolderSource(DataSource):
         return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())  # type: ignore[return-value]
 
     def _load(self, split: SplitName) -> Split:
-        from pretextlab.data.imagefolder import decode_files
+        from pretextlab.data.imagefolder import DECODE_VERSION, decode_files
 
         key = "test" if split == "test" else "train"
         if key in self._cache_splits:
@@ -182,25 +183,58 @@ class ImageFolderSource(DataSource):
         labels = [class_index[name] for name in self.class_names for _ in files[name]]
         fingerprint = hashlib.sha256(
             "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode()
-            + f"|{self.image_size}|{self.on_bad_image}".encode()
+            + f"|{self.image_size}|{self.on_bad_image}|v{DECODE_VERSION}".encode()
         ).hexdigest()[:16]
         cache_file = _cache_dir() / f"imagefolder-{key}-{fingerprint}.pt"
-        if self.cache and cache_file.exists():
-            stored = torch.load(cache_file, weights_only=True)
-            split_data = Split(stored["images"], stored["labels"])
-        else:
+        split_data = self._read_cache(cache_file, len(paths)) if self.cache else None
+        if split_data is None:
             images, kept = decode_files(paths, self.image_size, self.on_bad_image)
             split_data = Split(images, torch.tensor(labels, dtype=torch.long)[kept])
             if self.cache:
-                try:
-                    cache_file.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = cache_file.with_suffix(".tmp")
-                    torch.save({"images": split_data.images, "labels": split_data.labels}, tmp)
-                    os.replace(tmp, cache_file)
-                except OSError as error:  # a read-only home is no reason to fail a run
-                    log.warning("could not cache decoded images at %s: %s", cache_file, error)
+                self._write_cache(cache_file, split_data, skipped=len(paths) - len(kept))
+        self._check_every_class_kept(split_data, key)
         self._cache_splits[key] = split_data
         return split_data
+
+    def _check_every_class_kept(self, split_data: Split, key: str) -> None:
+        """A class whose every file was unreadable would silently vanish from the labels."""
+        counts = torch.bincount(split_data.labels, minlength=self.num_classes)
+        empty = [self.class_names[i] for i in range(self.num_classes) if counts[i] == 0]
+        if empty:
+            folder = self.root / (self.test_dir if key == "test" else self.train_dir)
+            raise DataError(
+                f"class folder(s) {empty} under {folder} hold no readable image (every file was skipped "
+                "as unreadable); add images or remove the folder(s)"
+            )
+
+    def _read_cache(self, cache_file: Path, num_files: int) -> Split | None:
+        """The cached decode, or None when absent or unusable (then the files are decoded again)."""
+        if not cache_file.exists():
+            return None
+        try:
+            stored = torch.load(cache_file, weights_only=True, map_location="cpu")
+            split_data = Split(stored["images"], stored["labels"])
+            if split_data.images.shape[1:] != (3, self.image_size, self.image_size):
+                raise ValueError(f"cached images have shape {tuple(split_data.images.shape)}")
+        except Exception as error:  # a damaged cache costs one decode, never the run
+            log.warning("ignoring unusable decode cache %s (%s); decoding the images again", cache_file, error)
+            return None
+        skipped = int(stored.get("skipped", 0))
+        if skipped:
+            log.warning("%d of %d file(s) in %s were skipped as unreadable when first decoded "
+                        "(decode cache %s)", skipped, num_files, self.root, cache_file)
+        return split_data
+
+    @staticmethod
+    def _write_cache(cache_file: Path, split_data: Split, skipped: int) -> None:
+        from pretextlab.io import atomic_path
+
+        try:
+            # A unique temporary name per writer: jobs of a parallel sweep may cache the same split at once.
+            with atomic_path(cache_file) as tmp:
+                torch.save({"images": split_data.images, "labels": split_data.labels, "skipped": skipped}, tmp)
+        except OSError as error:  # a read-only home is no reason to fail a run
+            log.warning("could not cache decoded images at %s: %s", cache_file, error)
 
 
 class TorchvisionSource(DataSource):

@@ -2,9 +2,29 @@
 
 Evaluation knows nothing of tasks: it sees an encoder that maps [0, 1] images to features
 (:class:`pretextlab.tasks.base.EvaluationEncoder`) and a datamodule that serves the splits.
+
+Protocols: :class:`LinearProbe` (``linear``), :class:`KNNProbe` (``knn``) work on features extracted
+once per run; :class:`FineTune` (``finetune``) trains a copy of the encoder itself.
 """
 
-from pretextlab.evaluation.extract import FeatureSet, extract_features
-from pretextlab.evaluation.linear import LinearProbe, train_linear_classifier
+from pretextlab.evaluation.extract import FeatureSet, extract_features, feature_fingerprint
+from pretextlab.evaluation.finetune import FineTune
+from pretextlab.evaluation.knn import KNNProbe, knn_scores
+from pretextlab.evaluation.linear import LinearProbe, train_linear_models
+from pretextlab.evaluation.runner import evaluate, resolve_stages
+from pretextlab.evaluation.splits import select_shots, stratified_split
 
-__all__ = ["FeatureSet", "LinearProbe", "extract_features", "train_linear_classifier"]
+__all__ = [
+    "FeatureSet",
+    "FineTune",
+    "KNNProbe",
+    "LinearProbe",
+    "evaluate",
+    "extract_features",
+    "feature_fingerprint",
+    "knn_scores",
+    "resolve_stages",
+    "select_shots",
+    "stratified_split",
+    "train_linear_models",
+]

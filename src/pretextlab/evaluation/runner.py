@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from pretextlab.evaluation.extract import FeatureSet, extract_features
+from pretextlab.evaluation.extract import (
+    FeatureSet,
+    extract_features,
+    feature_fingerprint,
+    load_cached_features,
+    save_cached_features,
+)
 
 log = logging.getLogger(__name__)
+
+#: Sub-folder of ``cache_dir`` that holds extracted features.
+CACHE_FOLDER = "eval_cache"
 
 
 class FeatureProtocol(Protocol):
     name: str
 
     def run(self, train: FeatureSet, test: FeatureSet, num_classes: int) -> dict[str, Any]: ...
+
+
+class ModelProtocol(Protocol):
+    name: str
+
+    def run_model(self, encoder: Any, datamodule: Any, device: str | torch.device) -> dict[str, Any]: ...
 
 
 def resolve_stages(encoder: Any, stages: str | list[str]) -> list[str]:
@@ -41,11 +57,15 @@ def evaluate(
     stages: str | list[str] = "all",
     pool_size: int = 1,
     device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every protocol; returns ``{protocol name: its result dict}``.
 
     Feature protocols (linear, kNN) share one extraction of the train and test splits; model
-    protocols (fine-tuning) get the encoder and the datamodule themselves.
+    protocols (fine-tuning) get the encoder and the datamodule themselves, and run after the
+    feature protocols on a copy of the encoder. With ``cache_dir`` (train.py passes the run
+    directory) the extracted features are saved under ``<cache_dir>/eval_cache/`` keyed by a
+    fingerprint of the encoder's weights, stages, pooling and data, and reused by a re-run.
     """
     results: dict[str, Any] = {}
     if not protocols:
@@ -53,21 +73,42 @@ def evaluate(
     encoder = encoder.to(device)
     feature_protocols = {k: p for k, p in protocols.items() if hasattr(p, "run")}
     model_protocols = {k: p for k, p in protocols.items() if hasattr(p, "run_model")}
+    unknown = sorted(set(protocols) - set(feature_protocols) - set(model_protocols))
+    if unknown:
+        raise TypeError(f"eval protocols {unknown} have neither run(train, test, num_classes) nor "
+                        "run_model(encoder, datamodule, device)")
     if feature_protocols:
-        stage_list = resolve_stages(encoder, stages)
-        start = time.perf_counter()
-
-        def prepare(images: torch.Tensor) -> torch.Tensor:
-            return datamodule.prepare_images(images, augment=False)
-
-        train = extract_features(encoder, datamodule.eval_dataloader("train"), prepare, stage_list, pool_size, device)
-        test = extract_features(encoder, datamodule.eval_dataloader("test"), prepare, stage_list, pool_size, device)
-        extraction_seconds = time.perf_counter() - start
-        log.info("extracted features of %d train / %d test images in %.1f s", len(train.labels),
-                 len(test.labels), extraction_seconds)
+        train, test, extraction = _features(encoder, datamodule, resolve_stages(encoder, stages), pool_size, device,
+                                            cache_dir)
         for name, protocol in feature_protocols.items():
             results[name] = protocol.run(train, test, datamodule.num_classes)
-            results[name]["extraction_seconds"] = extraction_seconds
+            results[name].update(extraction)
     for name, protocol in model_protocols.items():
         results[name] = protocol.run_model(encoder, datamodule, device)
     return results
+
+
+def _features(encoder: Any, datamodule: Any, stage_list: list[str], pool_size: int, device: str | torch.device,
+              cache_dir: str | Path | None) -> tuple[FeatureSet, FeatureSet, dict[str, Any]]:
+    """Train and test features, from the cache when the same weights were extracted before."""
+    start = time.perf_counter()
+    folder = Path(cache_dir) / CACHE_FOLDER if cache_dir is not None else None
+    fingerprint = None
+    if folder is not None:
+        data = {name: datamodule.split(name) for name in ("train", "test")} if hasattr(datamodule, "split") else None
+        fingerprint = feature_fingerprint(encoder, stage_list, pool_size, data)
+        cached = load_cached_features(folder, fingerprint)
+        if cached is not None and all(set(fs.features) == set(stage_list) for fs in cached):
+            log.info("loaded cached features %s from %s", fingerprint, folder)
+            return cached[0], cached[1], {"extraction_seconds": time.perf_counter() - start, "features_cached": True}
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        return datamodule.prepare_images(images, augment=False)
+
+    train = extract_features(encoder, datamodule.eval_dataloader("train"), prepare, stage_list, pool_size, device)
+    test = extract_features(encoder, datamodule.eval_dataloader("test"), prepare, stage_list, pool_size, device)
+    if folder is not None and fingerprint is not None:
+        save_cached_features(folder, fingerprint, train, test)
+    seconds = time.perf_counter() - start
+    log.info("extracted features of %d train / %d test images in %.1f s", len(train.labels), len(test.labels), seconds)
+    return train, test, {"extraction_seconds": seconds, "features_cached": False}

@@ -104,6 +104,8 @@ class PretextTask(L.LightningModule):
         probe_lr: float = 0.1,
         online_probe: bool = True,
         panel_images: int = 8,
+        lr_scaling: str = "none",
+        base_batch_size: int = 256,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -119,6 +121,10 @@ class PretextTask(L.LightningModule):
         self.online_probe = online_probe and num_classes > 0
         self.probe_lr = probe_lr
         self.panel_images = panel_images
+        if lr_scaling not in ("none", "linear", "sqrt"):
+            raise TaskConfigError(f"task.lr_scaling={lr_scaling!r}: choose none, linear or sqrt")
+        self.lr_scaling = lr_scaling
+        self.base_batch_size = base_batch_size
         if self.online_probe:
             self.probe = nn.Linear(backbone.feature_dim, num_classes)
             self.probe_train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
@@ -224,6 +230,12 @@ class PretextTask(L.LightningModule):
             groups.append({"params": list(probe_params), "lr": self.probe_lr, "weight_decay": 0.0, "name": "probe"})
         return groups
 
+    def on_train_epoch_end(self) -> None:
+        # Progress travels back through callback_metrics, which (unlike trainer.global_step) survives
+        # the return from ddp_spawn worker processes to the main process.
+        self.log_dict({"progress/steps": float(self.global_step), "progress/epochs": float(self.current_epoch + 1)},
+                      on_step=False, on_epoch=True, rank_zero_only=True)
+
     # -- exact resume ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Random pretext transforms and augmentations draw from the global generators; storing them
@@ -247,10 +259,28 @@ class PretextTask(L.LightningModule):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
         random.setstate(states["python"])
 
+    def lr_scale_factor(self) -> float:
+        """Factor applied to every configured lr: 1, or global batch / base batch (linear), or its sqrt.
+
+        The global batch is the per-process ``data.batch_size`` times the number of processes.
+        """
+        if self.lr_scaling == "none" or self._trainer is None:
+            return 1.0
+        datamodule = getattr(self.trainer, "datamodule", None)
+        per_process = int(getattr(datamodule, "batch_size", self.base_batch_size))
+        ratio = per_process * self.trainer.world_size / self.base_batch_size
+        return ratio if self.lr_scaling == "linear" else ratio**0.5
+
+    def scale_learning_rates(self, optimizer: torch.optim.Optimizer) -> None:
+        factor = self.lr_scale_factor()
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise TaskConfigError(f"{type(self).__name__} has no optimizer; set task.optimizer")
         optimizer = self.optimizer_factory(self.parameter_groups())
+        self.scale_learning_rates(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)

@@ -1,0 +1,195 @@
+"""The table builder on fake sweep directories written by the tests."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pretextlab import table as table_module
+from pretextlab.table import REFERENCE_HEADER, build_table, main
+
+
+def ok_record(task: str, linear: float, seed: int = 0, *, last: float | None = None, knn: float | None = None,
+              finetune: float | None = None, lowshot: float | None = None, pretext: dict[str, float] | None = None,
+              online: float | None = 0.3, backbone: str = "convnet", data: str = "synthetic") -> dict[str, Any]:
+    evaluation: dict[str, Any] = {"linear": {
+        "top1": linear, "top5": min(1.0, linear + 0.3), "best_stage": "block2", "last_stage": "block4",
+        "last_top1": linear - 0.05 if last is None else last, "last_top5": 0.9, "per_stage": {},
+        "shots_per_class": None, "epochs": 30,
+    }}
+    if knn is not None:
+        evaluation["knn"] = {"top1": knn, "top5": 0.9, "stage": "block4", "k": 200, "temperature": 0.1,
+                             "shots_per_class": None}
+    if finetune is not None:
+        evaluation["finetune"] = {"top1": finetune, "top5": 0.95, "epochs": 10, "shots_per_class": None}
+    if lowshot is not None:
+        evaluation["linear_lowshot"] = {**evaluation["linear"], "top1": lowshot, "shots_per_class": 10}
+    return {
+        "status": "ok", "task": task, "backbone": backbone, "data": data, "seed": seed,
+        "pretext": pretext if pretext is not None else ({} if task == "none" else {"val_acc": 0.9, "val_loss": 0.3}),
+        "online_probe": {} if online is None else {"val_acc": online},
+        "eval": evaluation, "epochs": 0 if task == "none" else 5, "wall_time": {"total": 120.0},
+    }
+
+
+def write_sweep(root: Path, records: list[dict[str, Any]]) -> Path:
+    for index, record in enumerate(records):
+        run = root / f"{index}_{record.get('task')}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(record))
+    return root
+
+
+def body_rows(markdown: str) -> list[list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[1:]]
+
+
+def header(markdown: str) -> list[str]:
+    return [cell.strip() for cell in markdown.splitlines()[0].strip("|").split(" | ")]
+
+
+def test_rows_run_from_random_init_to_supervised_with_a_failed_row(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", [
+        ok_record("supervised", 0.80),
+        {"status": "failed: CUDA out of memory\nmore lines", "task": "jigsaw", "backbone": "convnet",
+         "data": "synthetic", "seed": 0},
+        ok_record("rotation", 0.50),
+        ok_record("mystery", 0.45),
+        ok_record("none", 0.30),
+    ])
+    markdown = build_table([sweep])
+    rows = body_rows(markdown)
+    assert [r[0] for r in rows] == ["random init", "jigsaw", "rotation", "mystery", "supervised"]
+    jigsaw = rows[1]
+    assert jigsaw[header(markdown).index("status")] == "failed: CUDA out of memory"
+    assert "more lines" not in markdown
+    cols = header(markdown)
+    best = cols.index("linear top-1 % (best stage)")
+    assert rows[2][best] == "50.0 (block2)"
+    assert rows[2][cols.index("linear top-1 % (last stage)")] == "45.0"
+    assert rows[2][cols.index("pretext metric (val)")] == "acc 90.0"
+    assert rows[0][cols.index("pretext metric (val)")] == "–"
+    for name in ("table.md", "table.csv", "table.png"):
+        assert (sweep / name).exists()
+    assert (sweep / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (sweep / "table.md").read_text() == markdown
+
+
+def test_several_seeds_give_mean_and_std(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("rotation", v, seed=s) for s, v in enumerate((0.40, 0.50, 0.60))])
+    markdown = build_table([sweep])
+    rows = body_rows(markdown)
+    assert len(rows) == 1
+    cols = header(markdown)
+    assert rows[0][cols.index("seeds")] == "0,1,2"
+    assert rows[0][cols.index("linear top-1 % (best stage)")] == "50.0 ± 10.0 (block2)"
+    table_csv = list(csv.DictReader(io.StringIO((sweep / "table.csv").read_text())))
+    assert float(table_csv[0]["linear_best_stage_top1_pct_mean"]) == pytest.approx(50.0)
+    assert float(table_csv[0]["linear_best_stage_top1_pct_std"]) == pytest.approx(10.0)
+    assert table_csv[0]["num_seeds"] == "3"
+
+
+def test_a_later_sweep_overrides_the_same_job_and_adds_new_ones(tmp_path):
+    first = write_sweep(tmp_path / "first", [ok_record("none", 0.30), ok_record("rotation", 0.40),
+                                             ok_record("rotation", 0.44, seed=1)])
+    second = write_sweep(tmp_path / "second", [ok_record("rotation", 0.60), ok_record("supervised", 0.80)])
+    out = tmp_path / "merged"
+    markdown = build_table([first, second], out)
+    rows = body_rows(markdown)
+    cols = header(markdown)
+    assert [r[0] for r in rows] == ["random init", "rotation", "supervised"]
+    # seed 0 of rotation comes from the second sweep (60), seed 1 from the first (44).
+    assert rows[1][cols.index("linear top-1 % (best stage)")] == "52.0 ± 11.3 (block2)"
+    assert "Merged from" in markdown
+    assert (out / "table.md").exists() and not (first / "table.md").exists()
+
+
+def test_reference_column_is_separate_and_labelled(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("none", 0.3), ok_record("rotation", 0.5),
+                                             ok_record("inpainting", 0.4, pretext={"val_loss": 0.0123}),
+                                             ok_record("mae", 0.3, pretext={"val_mse": 0.02, "val_loss": 0.02}),
+                                             ok_record("supervised", 0.8)])
+    markdown = build_table([sweep])
+    cols = header(markdown)
+    assert cols[-1] == REFERENCE_HEADER and "NOT measured" in cols[-1]
+    rows = {r[0]: r for r in body_rows(markdown)}
+    assert rows["rotation"][-1] == "*~48*" and rows["random init"][-1] == "*~11*"
+    assert rows["supervised"][-1] == "*~75*" and rows["inpainting"][-1] == "–"
+    # Measured cells never carry a reference number.
+    assert "48" not in rows["rotation"][cols.index("linear top-1 % (best stage)")]
+    assert rows["inpainting"][cols.index("pretext metric (val)")] == "loss 0.0123"
+    assert rows["mae"][cols.index("pretext metric (val)")] == "MSE 0.0200" and rows["mae"][-1] == "–"
+    assert "different setting" in markdown.lower()
+    table_csv = list(csv.DictReader(io.StringIO((sweep / "table.csv").read_text())))
+    by_task = {r["task"]: r for r in table_csv}
+    assert by_task["rotation"]["reference_imagenet_linear_top1_pct_published"] == "48.0"
+    assert by_task["inpainting"]["reference_imagenet_linear_top1_pct_published"] == ""
+    assert by_task["rotation"]["linear_best_stage_top1_pct_mean"] == "50.0"
+
+
+def test_columns_follow_the_protocols_and_the_legend_names_them(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("rotation", 0.5, knn=0.42, finetune=0.7, lowshot=0.2, online=0.35)])
+    markdown = build_table([sweep])
+    cols = header(markdown)
+    expected = ["linear top-1 % (best stage)", "linear top-1 % (last stage)",
+                "linear_lowshot, 10 labels/class top-1 % (best stage)", "kNN top-1 %", "fine-tune top-1 %",
+                "pretext metric (val)", "online probe top-1 % (during pretraining)", "epochs", "wall time (min)"]
+    assert [c for c in cols if c in expected] == expected
+    row = body_rows(markdown)[0]
+    assert row[cols.index("kNN top-1 %")] == "42.0" and row[cols.index("fine-tune top-1 %")] == "70.0"
+    assert row[cols.index("online probe top-1 % (during pretraining)")] == "35.0"
+    assert row[cols.index("wall time (min)")] == "2.0"
+    legend = markdown.split("Columns:")[1]
+    for phrase in ("offline linear probe", "validation split", "k=200", "fine-tune", "NOT the offline",
+                   "10 labelled images per class"):
+        assert phrase in legend
+    # a table without kNN/fine-tune has no such columns
+    plain = write_sweep(tmp_path / "plain", [ok_record("rotation", 0.5)])
+    assert "kNN top-1 %" not in header(build_table([plain]))
+
+
+def test_main_prints_the_table_and_reports_a_missing_directory(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("rotation", 0.5)])
+    assert main([str(sweep)]) == 0
+    assert "rotation" in capsys.readouterr().out
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unreadable_results_become_a_failed_row(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("rotation", 0.5)])
+    broken = sweep / "9_broken"
+    broken.mkdir()
+    (broken / "results.json").write_text("{not json")
+    rows = body_rows(build_table([sweep]))
+    assert any("failed: unreadable results.json" in cell for row in rows for cell in row)
+
+
+def test_wandb_failure_never_breaks_the_table(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("rotation", 0.5)])
+    with pytest.warns(UserWarning, match="W&B logging of the table failed"):
+        assert main([str(sweep), "--wandb", "--wandb-group", "g"]) == 0
+    assert (sweep / "table.md").exists()
+
+
+def test_wandb_summary_run_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("none", 0.3), ok_record("rotation", 0.5)])
+    rows = table_module.build_rows(table_module.merge_results(table_module.collect_results([sweep])))
+    columns = table_module.build_columns(rows)
+    assert table_module.log_to_wandb(rows, columns, None, "pretextlab-test", "g", None, tmp_path)
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
