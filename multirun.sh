@@ -2,20 +2,37 @@
 # The main job: pretrain every task of the default sweep, evaluate each, and build the table.
 #   ./multirun.sh                              # default sweep on the embedded synthetic data
 #   ./multirun.sh data=cifar10_jpeg            # extra Hydra overrides apply to every job
-#   TASKS=none,rotation,supervised ./multirun.sh
+#   ./multirun.sh experiment=table_cifar10_cpu # a preset
+#   TASKS=none,rotation,supervised VIT_TASKS= ./multirun.sh
+# Convolutional tasks run on the configured backbone (convnet by default); transformer tasks (MAE)
+# run on $VIT_BACKBONE in a second multirun into the same sweep directory, so one table shows all.
 # Re-running the same command reuses its sweep directory: finished jobs are skipped and
 # interrupted ones resume from their last checkpoint.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-TASKS="${TASKS:-none,rotation,supervised}"
-# The sweep directory is named by the overrides, so the same command finds the same directory.
-key="$(printf '%s\n' "$TASKS" "$@" | sha256sum | cut -c1-10)"
+TASKS="${TASKS-none,rotation,jigsaw,colorization,context,inpainting,supervised}"
+VIT_TASKS="${VIT_TASKS-mae}"
+VIT_BACKBONE="${VIT_BACKBONE:-vit_tiny}"
+# The sweep directory is named by the command, so the same command finds the same directory.
+key="$(printf '%s\n' "$TASKS" "$VIT_TASKS" "$VIT_BACKBONE" "$@" | sha256sum | cut -c1-10)"
 SWEEP_DIR="${SWEEP_DIR:-$ROOT/outputs/sweeps/sweep-$key}"
-export PRETEXTLAB_SWEEP_ID="$(basename "$SWEEP_DIR")"
+export PRETEXTLAB_SWEEP_ID="${PRETEXTLAB_SWEEP_ID:-$(basename "$SWEEP_DIR")}"
 echo "[multirun] sweep directory: $SWEEP_DIR" >&2
 start=$(date +%s)
-python -m pretextlab.train -m "task=$TASKS" "hydra.sweep.dir=$SWEEP_DIR" "$@"
+if [ -n "$TASKS" ]; then
+  python -m pretextlab.train -m "task=$TASKS" "hydra.sweep.dir=$SWEEP_DIR" "$@"
+fi
+if [ -n "$VIT_TASKS" ]; then
+  # The user's backbone choice applies to the convolutional tasks only.
+  vit_args=()
+  for arg in "$@"; do
+    case "$arg" in backbone=*|backbone.*) ;; *) vit_args+=("$arg") ;; esac
+  done
+  python -m pretextlab.train -m "task=$VIT_TASKS" "backbone=$VIT_BACKBONE" \
+    "hydra.sweep.dir=$SWEEP_DIR" "hydra.sweep.subdir=\${hydra.job.num}_\${task.name}_\${backbone.name}" \
+    ${vit_args[@]+"${vit_args[@]}"}
+fi
 python -m pretextlab.table "$SWEEP_DIR"
 echo "[multirun] done in $(( $(date +%s) - start )) s; table: $SWEEP_DIR/table.md" >&2
