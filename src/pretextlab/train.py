@@ -24,6 +24,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -286,7 +287,11 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         results = run(cfg)
-    except Exception as error:
+    except Exception as raised:
+        # hydra.utils.instantiate wraps constructor errors (e.g. TaskConfigError): report the cause.
+        error: BaseException = raised
+        while isinstance(error, InstantiationException) and error.__cause__ is not None:
+            error = error.__cause__
         _record_failure(cfg, error)
         if multirun:
             log.error("job failed: %s (the sweep continues)", redact(str(error).splitlines()[0] if str(error) else

@@ -1,0 +1,83 @@
+"""Throughput of the batched RGB → Lab conversion against a naive per-image loop.
+
+    .venv/bin/python benchmarks/bench_color.py [--threads 1] [--repeats 5] [--device cpu]
+
+For batch 256 at 32 px and 96 px it prints images/s of
+- ``pretextlab.ops.color.rgb_to_lab`` on the whole batch (one call),
+- a per-image loop of ``skimage.color.rgb2lab`` (the naive way: tensor → numpy HWC → Lab → back),
+- a per-image loop of ``rgb_to_lab`` (same maths, Python loop over images),
+and the ratios, plus the Lab agreement with skimage on the benchmark batch and the throughput of
+the soft encoding of the 1/4-resolution targets that colourisation computes every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from skimage.color import rgb2lab
+
+from pretextlab.ops import color
+
+
+def _best_seconds(function: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
+    function()  # warm-up (allocations, lazy init)
+    synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions; the best is reported")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    centres = color.in_gamut_ab_bins(device=device)
+
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"best of {args.repeats}")
+    for size in (32, 96):
+        images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(size)).to(device)
+
+        def batched() -> torch.Tensor:
+            return color.rgb_to_lab(images)
+
+        def skimage_loop() -> torch.Tensor:
+            out = [torch.from_numpy(rgb2lab(image.permute(1, 2, 0).cpu().numpy())).permute(2, 0, 1)
+                   for image in images]
+            return torch.stack(out)
+
+        def torch_loop() -> torch.Tensor:
+            return torch.stack([color.rgb_to_lab(image) for image in images])
+
+        targets = torch.nn.functional.adaptive_avg_pool2d(batched()[:, 1:], size // 4)
+
+        def encode() -> object:
+            return color.soft_encode(targets, centres)
+
+        times = {name: _best_seconds(fn, args.repeats, synchronize)
+                 for name, fn in (("batched", batched), ("skimage loop", skimage_loop), ("torch loop", torch_loop),
+                                  ("soft encode", encode))}
+        agreement = np.abs(batched().cpu().numpy() - skimage_loop().numpy()).max()
+        rate = {name: args.batch / seconds for name, seconds in times.items()}
+        print(f"{size:3d} px: batched {rate['batched']:10.0f} img/s | skimage per image {rate['skimage loop']:8.0f} "
+              f"img/s (x{rate['batched'] / rate['skimage loop']:.1f}) | torch per image {rate['torch loop']:8.0f} "
+              f"img/s (x{rate['batched'] / rate['torch loop']:.1f}) | max |Lab - skimage| {agreement:.1e} | "
+              f"soft-encode {size // 4}x{size // 4} targets {rate['soft encode']:8.0f} img/s")
+
+
+if __name__ == "__main__":
+    main()
