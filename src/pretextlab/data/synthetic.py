@@ -3,7 +3,8 @@
 Every pretext task needs signal that a real photo would give it, so each scene has
 - a canonical up: sky (with sun and clouds) above a ground plane, objects standing on the ground;
 - colours tied to content: blue/orange skies, green/sand/snow/soil grounds, green tree crowns,
-  red roofs, black wheels, yellow lamps — so that colourisation has something to learn;
+  brown trunks, black wheels, yellow lamps, white snowmen — so that colourisation has something
+  to learn; the large parts of most objects share one palette, so colour alone does not name the class;
 - objects made of parts in a fixed arrangement (a roof above walls, a crown above a trunk), so that
   jigsaw and relative-position tasks carry signal;
 - a class label (the kind of object) whose position, size and colours vary, so that a linear
@@ -29,18 +30,17 @@ CLASS_NAMES: tuple[str, ...] = (
 _BROWN = [(0.45, 0.28, 0.12), (0.36, 0.22, 0.10)]
 _GREEN = [(0.15, 0.50, 0.15), (0.25, 0.62, 0.20), (0.10, 0.40, 0.18)]
 _RED = [(0.80, 0.12, 0.10), (0.65, 0.10, 0.12)]
-_BRIGHT = [(0.85, 0.15, 0.12), (0.15, 0.30, 0.80), (0.90, 0.80, 0.15), (0.92, 0.92, 0.92)]
-_WALL = [(0.90, 0.85, 0.70), (0.95, 0.95, 0.92), (0.72, 0.72, 0.74), (0.95, 0.90, 0.55)]
 _WHITE = [(0.96, 0.96, 0.98)]
 _CREAM = [(0.93, 0.88, 0.75)]
 _DARK = [(0.08, 0.08, 0.08)]
 _GREY = [(0.30, 0.30, 0.32)]
-_LIGHT_GREY = [(0.78, 0.80, 0.82)]
 _YELLOW = [(0.98, 0.88, 0.20)]
-_PETAL = [(0.98, 0.85, 0.15), (0.95, 0.45, 0.70), (0.60, 0.30, 0.80)]
 _ORANGE = [(0.95, 0.55, 0.10)]
 _JEANS = [(0.15, 0.25, 0.55)]
 _SKIN = [(0.92, 0.75, 0.60), (0.60, 0.42, 0.30)]
+# One palette shared by the large parts of most classes: colour alone must not name the class.
+_SHARED = [(0.85, 0.15, 0.12), (0.15, 0.30, 0.80), (0.92, 0.82, 0.20), (0.93, 0.93, 0.93),
+           (0.45, 0.28, 0.12), (0.95, 0.55, 0.10), (0.55, 0.30, 0.75), (0.45, 0.45, 0.48)]
 
 # Parts in the object's frame: u to the right, v upward from the ground, both in object heights.
 # ("rect", u0, u1, v0, v1) | ("ellipse", cu, cv, ru, rv) | ("triangle", v0, v1, half_base)
@@ -48,12 +48,12 @@ _SKIN = [(0.92, 0.75, 0.60), (0.60, 0.42, 0.30)]
 _PARTS: dict[int, list[tuple[tuple[float | str, ...], list[tuple[float, float, float]] | str]]] = {
     0: [(("rect", -0.07, 0.07, 0.0, 0.45), _BROWN), (("ellipse", 0.0, 0.68, 0.30, 0.30), _GREEN)],
     1: [
-        (("rect", -0.35, 0.35, 0.0, 0.50), _WALL),
-        (("triangle", 0.50, 0.88, 0.47), _RED + _BROWN[1:]),
+        (("rect", -0.35, 0.35, 0.0, 0.50), _SHARED),
+        (("triangle", 0.50, 0.88, 0.47), _SHARED),
         (("rect", -0.07, 0.07, 0.0, 0.22), _BROWN[1:]),
     ],
     2: [
-        (("rect", -0.50, 0.50, 0.10, 0.34), _BRIGHT),
+        (("rect", -0.50, 0.50, 0.10, 0.34), _SHARED),
         (("rect", -0.25, 0.25, 0.34, 0.55), "same:0"),
         (("ellipse", -0.30, 0.10, 0.11, 0.11), _DARK),
         (("ellipse", 0.30, 0.10, 0.11, 0.11), _DARK),
@@ -64,26 +64,26 @@ _PARTS: dict[int, list[tuple[tuple[float | str, ...], list[tuple[float, float, f
         (("ellipse", 0.0, 0.70, 0.11, 0.10), _WHITE),
         (("ellipse", 0.04, 0.70, 0.04, 0.02), _ORANGE),
     ],
-    4: [(("rect", -0.08, 0.08, 0.0, 0.36), _CREAM), (("cap", 0.0, 0.36, 0.36, 0.28), _RED)],
+    4: [(("rect", -0.08, 0.08, 0.0, 0.36), _CREAM), (("cap", 0.0, 0.36, 0.36, 0.28), _SHARED)],
     5: [(("rect", -0.035, 0.035, 0.0, 0.85), _GREY), (("ellipse", 0.0, 0.90, 0.10, 0.10), _YELLOW)],
     6: [
-        (("rect", -0.12, 0.12, 0.0, 0.70), _LIGHT_GREY),
-        (("triangle", 0.70, 1.0, 0.125), _RED),
+        (("rect", -0.12, 0.12, 0.0, 0.70), _SHARED),
+        (("triangle", 0.70, 1.0, 0.125), _SHARED),
         (("rect", -0.24, 0.24, 0.0, 0.14), _RED),
     ],
     7: [
         (("rect", -0.03, 0.03, 0.0, 0.55), _GREEN),
-        (("ellipse", 0.0, 0.66, 0.16, 0.16), _PETAL),
+        (("ellipse", 0.0, 0.66, 0.16, 0.16), _SHARED),
         (("ellipse", 0.0, 0.66, 0.055, 0.055), _ORANGE),
     ],
     8: [
-        (("rect", -0.45, 0.45, 0.40, 0.50), _BROWN),
+        (("rect", -0.45, 0.45, 0.40, 0.50), _SHARED),
         (("rect", -0.40, -0.32, 0.0, 0.40), "same:0"),
         (("rect", 0.32, 0.40, 0.0, 0.40), "same:0"),
     ],
     9: [
         (("rect", -0.10, 0.10, 0.0, 0.36), _JEANS),
-        (("rect", -0.14, 0.14, 0.36, 0.66), _BRIGHT),
+        (("rect", -0.14, 0.14, 0.36, 0.66), _SHARED),
         (("ellipse", 0.0, 0.77, 0.10, 0.10), _SKIN),
     ],
 }
@@ -184,8 +184,8 @@ def render_scenes(
 
     # The object: its class decides its parts; position and size vary per image.
     labels = torch.from_numpy(indices % len(CLASS_NAMES)).long()
-    height = rng.uniform(70, 0.32, 0.55)
-    center_x = rng.uniform(71, 0.28, 0.72)
+    height = rng.uniform(70, 0.28, 0.60)
+    center_x = rng.uniform(71, 0.20, 0.80)
     base_y = horizon.view(n) + rng.uniform(72, 0.04, 0.22)
     flip = torch.where(rng.uniform(73) < 0.5, -1.0, 1.0)
     for class_index, parts in _PARTS.items():
