@@ -225,6 +225,10 @@ class StageBackbone(Backbone):
     def stage_feature_dim(self, stage: str, pool_size: int = 1) -> int:
         return self.inner.stage_feature_dim(stage, pool_size)
 
+    def pool(self, stage_output: torch.Tensor, pool_size: int = 1) -> torch.Tensor:  # type: ignore[override]
+        # The wrapped backbone decides how its outputs pool (e.g. a ViT's CLS token).
+        return self.inner.pool(stage_output, pool_size)
+
 
 def _resolve_paths(path: str | Path) -> tuple[Path, Path]:
     """``x.safetensors``, ``x.json`` or a folder holding ``backbone.safetensors`` → (weights, metadata)."""
