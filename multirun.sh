@@ -15,8 +15,11 @@ cd "$ROOT"
 TASKS="${TASKS-none,rotation,jigsaw,colorization,context,inpainting,supervised}"
 VIT_TASKS="${VIT_TASKS-mae}"
 VIT_BACKBONE="${VIT_BACKBONE:-vit_tiny}"
+# Extra overrides for the transformer jobs only, applied before the user's (which win). A ViT step
+# costs far more than a small convnet step on CPU, so the default keeps MAE's pretraining short.
+VIT_ARGS="${VIT_ARGS-data.num_pretrain=2000 trainer.max_epochs=3}"
 # The sweep directory is named by the command, so the same command finds the same directory.
-key="$(printf '%s\n' "$TASKS" "$VIT_TASKS" "$VIT_BACKBONE" "$@" | sha256sum | cut -c1-10)"
+key="$(printf '%s\n' "$TASKS" "$VIT_TASKS" "$VIT_BACKBONE" "$VIT_ARGS" "$@" | sha256sum | cut -c1-10)"
 SWEEP_DIR="${SWEEP_DIR:-$ROOT/outputs/sweeps/sweep-$key}"
 export PRETEXTLAB_SWEEP_ID="${PRETEXTLAB_SWEEP_ID:-$(basename "$SWEEP_DIR")}"
 echo "[multirun] sweep directory: $SWEEP_DIR" >&2
@@ -30,9 +33,10 @@ if [ -n "$VIT_TASKS" ]; then
   for arg in "$@"; do
     case "$arg" in backbone=*|backbone.*) ;; *) vit_args+=("$arg") ;; esac
   done
+  # shellcheck disable=SC2086  (VIT_ARGS is a list of overrides)
   python -m pretextlab.train -m "task=$VIT_TASKS" "backbone=$VIT_BACKBONE" \
     "hydra.sweep.dir=$SWEEP_DIR" "hydra.sweep.subdir=\${hydra.job.num}_\${task.name}_\${backbone.name}" \
-    ${vit_args[@]+"${vit_args[@]}"}
+    $VIT_ARGS ${vit_args[@]+"${vit_args[@]}"}
 fi
 python -m pretextlab.table "$SWEEP_DIR"
 echo "[multirun] done in $(( $(date +%s) - start )) s; table: $SWEEP_DIR/table.md" >&2

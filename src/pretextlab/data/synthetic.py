@@ -2,6 +2,7 @@
 
 Every pretext task needs signal that a real photo would give it, so each scene has
 - a canonical up: sky (with sun and clouds) above a ground plane, objects standing on the ground;
+  half of the scenes are close-ups on a plain backdrop, where only the upright object shows "up";
 - colours tied to content: blue/orange skies, green/sand/snow/soil grounds, green tree crowns,
   brown trunks, black wheels, yellow lamps, white snowmen — so that colourisation has something
   to learn; the large parts of most objects share one palette, so colour alone does not name the class;
@@ -144,7 +145,8 @@ def _inside(shape: tuple[float | str, ...], u: torch.Tensor, v: torch.Tensor) ->
 
 
 def render_scenes(
-    indices: np.ndarray, seed: int = 0, split: int = 0, image_size: int = 32, supersample: int = 2
+    indices: np.ndarray, seed: int = 0, split: int = 0, image_size: int = 32, supersample: int = 2,
+    closeup_fraction: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render the scenes at ``indices``: ``(N, 3, S, S)`` uint8 images and ``(N,)`` int64 labels."""
     indices = np.asarray(indices, dtype=np.int64)
@@ -182,11 +184,23 @@ def render_scenes(
     ground = ground_color.view(n, 3, 1, 1) * (1.0 - 0.35 * depth) + texture
     image = torch.where((y >= horizon).unsqueeze(1), ground, image)
 
+    # Close-ups (a share of the scenes): the object fills more of the frame in front of a plain
+    # textured backdrop, with no sky or horizon. Here only the object itself shows which way is up,
+    # so rotation and jigsaw cannot be solved from the background layout alone.
+    closeup = (rng.uniform(80) < closeup_fraction).view(n, 1, 1)
+    backdrop_color = rng.choice_color(81, _GROUNDS + _SKY_HORIZON)
+    backdrop_texture = torch.sin(x * 61 - y * 53 + rng.uniform(85, 0, 6.28).view(n, 1, 1)).unsqueeze(1) * 0.05
+    backdrop = backdrop_color.view(n, 3, 1, 1) + backdrop_texture
+    image = torch.where(closeup.unsqueeze(1), backdrop, image)
+
     # The object: its class decides its parts; position and size vary per image.
     labels = torch.from_numpy(indices % len(CLASS_NAMES)).long()
     height = rng.uniform(70, 0.28, 0.60)
     center_x = rng.uniform(71, 0.20, 0.80)
     base_y = horizon.view(n) + rng.uniform(72, 0.04, 0.22)
+    closeup_flat = closeup.view(n)
+    height = torch.where(closeup_flat, rng.uniform(74, 0.55, 0.80), height)
+    base_y = torch.where(closeup_flat, rng.uniform(75, 0.82, 0.95), base_y)
     flip = torch.where(rng.uniform(73) < 0.5, -1.0, 1.0)
     for class_index, parts in _PARTS.items():
         members = (labels == class_index).nonzero(as_tuple=True)[0]

@@ -233,7 +233,10 @@ class PretextTask(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Progress travels back through callback_metrics, which (unlike trainer.global_step) survives
         # the return from ddp_spawn worker processes to the main process.
-        self.log_dict({"progress/steps": float(self.global_step), "progress/epochs": float(self.current_epoch + 1)},
+        # Steps = training batches (global_step counts every optimizer's steps under manual
+        # optimisation, e.g. twice per batch for a GAN).
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        self.log_dict({"progress/steps": float(batches), "progress/epochs": float(self.current_epoch + 1)},
                       on_step=False, on_epoch=True, rank_zero_only=True)
 
     # -- exact resume ---------------------------------------------------------------------------
