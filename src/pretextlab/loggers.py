@@ -1,26 +1,133 @@
-"""Logger construction that never hangs: W&B falls back to offline mode without a key or network."""
+"""Logger construction that never hangs, and what every logger receives besides Lightning's metrics.
+
+W&B falls back to offline mode without a key or without network (files under the run directory,
+``wandb sync`` later). Every value that reaches a logger's config goes through secret redaction.
+
+``train.py`` calls, per job: :func:`log_config` (the resolved config, once the loggers exist),
+:func:`finish_loggers` (the downstream results, then W&B's run is closed) and, when a job fails,
+:func:`abort_open_runs` (so the next job of the same multirun process never writes into it).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from pretextlab.config import REDACTED, redact
 
 log = logging.getLogger(__name__)
 
+#: Config keys whose string values are credentials whatever they hold (as in ``train.resolved_config``).
+_SECRET_KEY_MARKERS = ("key", "token", "secret", "password")
+#: Seconds to wait for W&B's server before falling back to offline mode.
+REACHABILITY_TIMEOUT_S = 3.0
+_DEFAULT_WANDB_URL = "https://api.wandb.ai"
+
+
+def scrub(value: Any) -> Any:
+    """``value`` without credentials: values under key-like names, and any credential from the environment."""
+    if isinstance(value, Mapping):
+        return {key: (REDACTED if isinstance(item, str) and item and any(
+            m in str(key).lower() for m in _SECRET_KEY_MARKERS) else scrub(item)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(scrub(item) for item in value)
+    return redact(value)
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def wandb_reachable(timeout: float = REACHABILITY_TIMEOUT_S) -> bool:
+    """Whether W&B's server (``WANDB_BASE_URL`` or api.wandb.ai) accepts a TCP connection within ``timeout``."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or _DEFAULT_WANDB_URL)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
 
 def wandb_mode(requested: str = "auto") -> str:
-    """``auto`` → ``online`` when an API key is configured, else ``offline``."""
+    """``auto`` → ``online`` when an API key is configured and W&B's server answers, else ``offline``.
+
+    The server is probed (a TCP connect, at most :data:`REACHABILITY_TIMEOUT_S` s) because a run
+    that starts online without network waits for ``wandb.init``'s timeout and then fails the job.
+    """
     if requested not in ("auto", "online", "offline", "disabled"):
         raise ValueError(f"logger.wandb.mode={requested!r}: choose auto, online, offline or disabled")
     if requested != "auto":
         return requested
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
         return "offline" if os.environ["WANDB_MODE"] == "dryrun" else os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists() and "api.wandb.ai" in (
-        Path.home() / ".netrc").read_text(errors="ignore")
-    return "online" if has_key else "offline"
+    if not _has_api_key():
+        return "offline"
+    if not wandb_reachable():
+        log.warning("W&B server %s is not reachable: running offline",
+                    os.environ.get("WANDB_BASE_URL") or _DEFAULT_WANDB_URL)
+        return "offline"
+    return "online"
+
+
+#: W&B loggers built in this process whose runs may still be open (a multirun runs its jobs in one
+#: process). Strong references: a failed job's logger is garbage once its exception has passed, but
+#: its run stays open in ``wandb.run`` until someone finishes it.
+_LIVE_WANDB_LOGGERS: list[Any] = []
+
+
+def abort_open_runs(exit_code: int = 1) -> None:
+    """Finish every W&B run this process's loggers started and nobody closed (a job that failed).
+
+    Lightning's ``WandbLogger`` reuses ``wandb.run`` when one is open, so without this the next job
+    of a multirun would log into the failed job's run.
+    """
+    while _LIVE_WANDB_LOGGERS:
+        _finish_wandb(_LIVE_WANDB_LOGGERS[-1], exit_code)
+
+
+def _finish_wandb(logger: Any, exit_code: int) -> None:
+    run = getattr(logger, "_experiment", None)
+    if logger in _LIVE_WANDB_LOGGERS:
+        _LIVE_WANDB_LOGGERS.remove(logger)
+    if run is None or not hasattr(run, "finish"):
+        return
+    try:
+        run.finish(exit_code=exit_code)
+        import wandb
+
+        if wandb.run is None:
+            # finish() returns before wandb-core has written the run's last records (measured with
+            # wandb 0.31 offline: the transaction log was still empty right after it); teardown
+            # waits for the service to flush and exit, so the run's files are complete now.
+            wandb.teardown()
+    except Exception as error:  # closing a run must never turn a finished job into a failed one
+        log.warning("could not close the W&B run: %s", error)
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's ``WandbLogger`` whose config never receives a credential.
+
+    It keeps the class name ``WandbLogger``: code that dispatches on the name (the image panels of
+    :mod:`pretextlab.viz`) treats it as the W&B logger it is.
+    """
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        plain = params if isinstance(params, Mapping) else vars(params)
+        super().log_hyperparams(scrub(dict(plain)))
 
 
 def wandb_logger(
@@ -32,16 +139,70 @@ def wandb_logger(
     mode: str = "auto",
     name: str | None = None,
     **kwargs: Any,
-):
-    """A Lightning ``WandbLogger`` whose files live in the run directory."""
-    from lightning.pytorch.loggers import WandbLogger
+) -> WandbLogger:
+    """A Lightning ``WandbLogger`` whose files live in ``save_dir`` (the run directory).
 
+    ``group`` is the sweep id (``PRETEXTLAB_SWEEP_ID``, set by multirun.sh), so every job of a sweep
+    lands in one W&B group.
+    """
+    abort_open_runs()  # a run left open by an earlier job of this process failed with that job
     resolved = wandb_mode(mode)
     if resolved == "offline":
-        log.info("W&B runs offline (no API key found): sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
+        log.info("W&B runs offline: sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
     os.environ.setdefault("WANDB_SILENT", "true")
-    # Short init timeout: a slow or absent network must not hang a sweep.
+    # Short init timeout: a slow network must not hang a sweep.
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, entity=entity, save_dir=save_dir, group=group, tags=tags or [],
-                       mode=resolved, name=name, **kwargs)
+    logger = WandbLogger(
+        project=project, entity=entity, save_dir=save_dir, group=redact(group), tags=redact(list(tags or [])),
+        mode=resolved, name=redact(name), **kwargs)
+    _LIVE_WANDB_LOGGERS.append(logger)
+    return logger
+
+
+# -- what train.py sends to every logger ---------------------------------------------------------
+def log_config(loggers: Iterable[Any], config: Mapping[str, Any]) -> None:
+    """Log the resolved experiment config (scrubbed again here: it may come from anywhere) to every logger."""
+    clean = scrub(dict(config))
+    for logger in loggers:
+        logger.log_hyperparams(clean)
+
+
+def flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a results dict as ``{"eval/linear/top1": ...}``: downstream, headline, wall time.
+
+    Pretext and online-probe metrics are left out: Lightning logged them during training already.
+    """
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(f"{prefix}/{key}", value)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
+            flat[prefix] = float(node)
+
+    walk("eval", results.get("eval", {}))
+    walk("wall_time", results.get("wall_time", {}))
+    headline = results.get("headline") or {}
+    if isinstance(headline.get("value"), (int, float)):
+        flat["headline"] = float(headline["value"])
+    return flat
+
+
+def finish_loggers(loggers: Iterable[Any], results: Mapping[str, Any], step: int | None = None) -> None:
+    """Send the downstream results to every logger, then close the W&B run (status from ``results``).
+
+    W&B gets them as run summary values (one number per run, what the project's run table shows);
+    other loggers as metrics at ``step``.
+    """
+    metrics = flat_metrics(results)
+    failed = str(results.get("status", "ok")) != "ok"
+    for logger in loggers:
+        if isinstance(logger, LightningWandbLogger):
+            run = getattr(logger, "_experiment", None) or logger.experiment
+            run.summary.update(metrics)
+            _finish_wandb(logger, 1 if failed else 0)
+        elif metrics:
+            logger.log_metrics(metrics, step=step)
+            logger.save()

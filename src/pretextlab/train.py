@@ -33,6 +33,7 @@ import pretextlab
 from pretextlab.config import ConfigError, config_dir, project_root, redact, validate_config
 from pretextlab.evaluation.runner import evaluate
 from pretextlab.io import atomic_write_json
+from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
 from pretextlab.tasks.base import NonFiniteLossError
 
 log = logging.getLogger("pretextlab.train")
@@ -138,6 +139,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer_options.pop("compile", False):
         task.backbone = compile_backbone(task.backbone)
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    log_config(loggers, config)
     callbacks = [instantiate(c) for name, c in (cfg.callbacks or {}).items()
                  if c is not None and (cfg.trainer.enable_progress_bar or name != "progress_bar")]
     trainer: L.Trainer = instantiate(trainer_options, logger=loggers or False, callbacks=callbacks,
@@ -152,11 +154,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "chance_accuracy": task.chance_accuracy,
     }
     pretrain_start = time.perf_counter()
+    checkpoint = None
     if task.pretrains and int(cfg.trainer.max_epochs) > 0:
         checkpoint = _resume_checkpoint(cfg, run_dir)
         trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
     pretrain_seconds = time.perf_counter() - pretrain_start
     logged = {k: v.item() if torch.is_tensor(v) else v for k, v in trainer.callback_metrics.items()}
+    if checkpoint is not None and not any(key.startswith("pretext/") for key in logged):
+        # Resumed from the last epoch's checkpoint (the job died during evaluation): fit had nothing
+        # left to run, so the epoch's metrics come from the checkpoint (PretextTask.on_save_checkpoint).
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get("pretextlab_metrics", {})
+        logged = {**stored, **logged}
     results["pretext"] = _metric_values(logged, "pretext/")
     results["online_probe"] = _metric_values(logged, "probe/")
     results["epochs"] = int(logged.get("progress/epochs", trainer.current_epoch))
@@ -178,6 +186,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["status"] = "ok"
     if trainer.is_global_zero:
         atomic_write_json(run_dir / RESULTS_FILE, results)
+        finish_loggers(loggers, results, step=trainer.global_step)
     return results
 
 
@@ -242,13 +251,14 @@ def _provenance() -> dict[str, Any]:
     }
 
 
-def _record_failure(cfg: DictConfig, error: BaseException) -> None:
+def _record_failure(cfg: DictConfig, error: BaseException, multirun: bool = False) -> None:
     """Leave a results.json that says the job failed (never over a finished one).
 
-    A config the validator rejected, or a directory holding someone else's results, writes
-    nothing: no work was started, and the output directory keeps only Hydra's own files.
+    A directory holding someone else's results is never written to. A config the validator
+    rejected writes nothing in a single run (the output directory keeps only Hydra's own files);
+    in a sweep it is recorded, so that the table shows the job as a failed row.
     """
-    if isinstance(error, (ConfigError, ExistingResultsError)):
+    if isinstance(error, ExistingResultsError) or (isinstance(error, ConfigError) and not multirun):
         return
     try:
         run_dir = Path(cfg.paths.run_dir)
@@ -292,7 +302,8 @@ def main(cfg: DictConfig) -> float | None:
         error: BaseException = raised
         while isinstance(error, InstantiationException) and error.__cause__ is not None:
             error = error.__cause__
-        _record_failure(cfg, error)
+        abort_open_runs()  # this job's W&B run is closed as failed, never reused by the next job
+        _record_failure(cfg, error, multirun)
         if multirun:
             log.error("job failed: %s (the sweep continues)", redact(str(error).splitlines()[0] if str(error) else
                                                                      type(error).__name__))

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,13 @@ def log_panels(module: L.LightningModule, panels: dict[str, torch.Tensor]) -> No
     for name, grid in panels.items():
         wrote = False
         for logger in loggers:
-            kind = type(logger).__name__
-            if kind == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"panels/{name}", images=[grid.permute(1, 2, 0).numpy()], step=step)
                 wrote = True
-            elif kind == "TensorBoardLogger":
+            elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(f"panels/{name}", grid, global_step=step)
                 wrote = True
-            elif kind == "CSVLogger":
+            elif isinstance(logger, CSVLogger):
                 folder = Path(logger.log_dir) / "panels"
                 folder.mkdir(parents=True, exist_ok=True)
                 torchvision.utils.save_image(grid, folder / f"{name}_epoch{module.current_epoch:03d}.png")

@@ -250,6 +250,11 @@ class PretextTask(L.LightningModule):
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
+        # The last epoch's metrics, so that a job resumed after its final epoch (it died during
+        # evaluation) still reports them.
+        checkpoint["pretextlab_metrics"] = {
+            key: float(value) for key, value in self.trainer.callback_metrics.items()
+            if key.startswith(("pretext/", "probe/", "progress/"))}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("pretextlab_rng")

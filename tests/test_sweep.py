@@ -1,0 +1,137 @@
+"""Sweeps that survive reality, through the real command line (Hydra multirun in a subprocess).
+
+A job that crashes does not stop the sweep and shows up as a "failed" row; re-running a finished
+sweep's command runs no job again; multirun.sh goes from the sweep to the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pretextlab.config import project_root
+
+ROOT = project_root()
+#: Every job in a few seconds: 4 steps of 32 images, a 2-epoch one-lr linear probe, no logger.
+TINY_JOB = [
+    "data.source.num_train=128",
+    "data.source.num_test=64",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "eval.protocols.linear.epochs=2",
+    "eval.protocols.linear.lrs=[0.01]",
+    "eval.protocols.linear.weight_decays=[0.0]",
+    "logger=none",
+]
+SKIP_LINE = "already holds finished results for this config: skipping the job"
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "PRETEXTLAB_SWEEP_ID"}
+    env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **extra})
+    return env
+
+
+def _run(command: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(command, cwd=ROOT, env=_environment(**env), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert done.returncode == 0, f"{command[:4]} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "pretextlab.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", *TINY_JOB])
+
+
+def _table(sweep_dir: Path) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "pretextlab.table", str(sweep_dir)])
+
+
+def _results(sweep_dir: Path) -> dict[str, dict]:
+    return {path.parent.name: json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/results.json"))}
+
+
+def _table_rows(sweep_dir: Path) -> dict[str, dict[str, str]]:
+    with (sweep_dir / "table.csv").open() as handle:
+        return {row["task"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.mark.timeout(300)
+def test_a_job_that_diverges_does_not_stop_the_sweep_and_becomes_a_failed_row(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # The first job diverges (lr 1e30: NaN at its second step); the second must still run. `++`
+    # because task=none has no optimizer to override: it gets an unused one and never trains.
+    _sweep(sweep_dir, "task=rotation,none", "++task.optimizer.lr=1e30")
+
+    results = _results(sweep_dir)
+    assert set(results) == {"0_rotation", "1_none"}
+    failed, finished = results["0_rotation"], results["1_none"]
+    assert failed["status"].startswith("failed: non-finite loss: task RotationTask: loss term 'loss' is nan")
+    assert failed["error_type"] == "NonFiniteLossError"
+    assert finished["status"] == "ok"
+    assert finished["eval"]["linear"]["top1"] > 0
+
+    printed = _table(sweep_dir).stdout
+    rows = _table_rows(sweep_dir)
+    assert set(rows) == {"none", "rotation"}
+    assert rows["none"]["status"] == "ok"
+    assert float(rows["none"]["linear_best_stage_top1_pct_mean"]) == pytest.approx(
+        100 * finished["eval"]["linear"]["top1"], abs=0.01)
+    first_line = failed["status"].splitlines()[0]
+    assert rows["rotation"]["status"] == first_line
+    assert rows["rotation"]["linear_best_stage_top1_pct_mean"] == ""  # a failed job is never a number
+    markdown = (sweep_dir / "table.md").read_text()
+    assert markdown == printed
+    assert f"| {first_line} |" in markdown
+
+
+def _bootstrap_is_current(venv: Path) -> bool:
+    """multirun.sh sources scripts/bootstrap.sh, which reinstalls when pyproject.toml changed: never in a test."""
+    stamp = venv / ".pretextlab-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    return stamp.exists() and stamp.read_text().strip() == wanted
+
+
+@pytest.mark.timeout(300)
+def test_multirun_sh_builds_the_table_and_rerunning_it_runs_no_job_again(tmp_path):
+    venv = Path(sys.executable).parent.parent
+    if not _bootstrap_is_current(venv):
+        pytest.skip(f"{venv} was not installed by scripts/bootstrap.sh for this pyproject.toml "
+                    "(multirun.sh would reinstall it)")
+    sweep_dir = tmp_path / "sweep"
+    command = ["bash", str(ROOT / "multirun.sh"), *TINY_JOB]
+    env = {"TASKS": "none,rotation", "VIT_TASKS": "", "SWEEP_DIR": str(sweep_dir), "PRETEXTLAB_VENV": str(venv)}
+
+    first = _run(command, **env)
+    assert f"[multirun] sweep directory: {sweep_dir}" in first.stderr
+    results = _results(sweep_dir)
+    assert set(results) == {"0_none", "1_rotation"}
+    assert all(r["status"] == "ok" for r in results.values())
+    rows = _table_rows(sweep_dir)
+    assert set(rows) == {"none", "rotation"} and all(row["status"] == "ok" for row in rows.values())
+    markdown = (sweep_dir / "table.md").read_text()
+    assert "| random init | convnet | synthetic |" in markdown and "| rotation | convnet | synthetic |" in markdown
+
+    # The same command again: both jobs are found finished (same resolved config) and skipped.
+    outputs = sorted(p for p in sweep_dir.glob("*_*/**/*") if p.is_file() and ".hydra" not in p.parts
+                     and not p.name.endswith(".log"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs}
+    assert any(p.suffix == ".ckpt" for p in before) and any(p.name == "results.json" for p in before)
+    second = _run(command, **env)
+    log = second.stdout + second.stderr
+    assert log.count(SKIP_LINE) == 2, log[-3000:]
+    assert "resuming from" not in log
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs}
+    assert after == before, "re-running a finished sweep rewrote job outputs"
+    assert sorted(p for p in sweep_dir.glob("*_*/**/*") if p.is_file() and ".hydra" not in p.parts
+                  and not p.name.endswith(".log")) == outputs
+    assert (sweep_dir / "table.md").read_text() == markdown
