@@ -160,14 +160,14 @@ def test_config_composes_with_backbone(make_config, backbone: str) -> None:
 
 
 def test_short_run_beats_chance(make_config) -> None:
-    # 256 synthetic images x 5 epochs (20 SGD steps of 64 images, 2 pairs each), no linear eval,
-    # validation once at the end.
-    # Measured val accuracy 0.375, 0.344, 0.340 (seeds 0, 1, 2) against chance 0.125: asserting
-    # twice chance leaves a margin of 0.09 below the worst seed.
+    # 1,024 synthetic images (half of them close-ups) x 5 epochs, validation once at the end.
+    # Measured val accuracy 0.281, 0.254 (seeds 0, 1) against chance 0.125; asserting 0.2 (1.6x
+    # chance) leaves a margin of 0.05 below the worse seed.
     results = run(make_config(["task=context", "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=5",
+                               "data.source.num_train=1024",
                                   "eval.protocols.linear=null"]))
     assert results["status"] == "ok" and results["chance_accuracy"] == 0.125
-    assert results["pretext"]["val_acc"] > 0.25, results["pretext"]
+    assert results["pretext"]["val_acc"] > 0.2, results["pretext"]
 
 
 def test_transformer_backbone_gets_patches_at_the_image_size() -> None:

@@ -19,7 +19,7 @@ def test_synthetic_is_deterministic_in_seed_and_index():
 
 
 def test_synthetic_has_a_canonical_up_and_balanced_labels():
-    images, labels = render_scenes(np.arange(400), seed=0)
+    images, labels = render_scenes(np.arange(400), seed=0, closeup_fraction=0.0)
     assert torch.bincount(labels, minlength=len(CLASS_NAMES)).tolist() == [40] * len(CLASS_NAMES)
     floats = images.float() / 255
     top, bottom = floats[:, :, :4], floats[:, :, -4:]
@@ -27,6 +27,12 @@ def test_synthetic_has_a_canonical_up_and_balanced_labels():
     blue_excess_top = (top[:, 2] - top[:, 0]).mean(dim=(1, 2))
     blue_excess_bottom = (bottom[:, 2] - bottom[:, 0]).mean(dim=(1, 2))
     assert (blue_excess_top > blue_excess_bottom).float().mean() > 0.9
+    # Close-ups replace sky and ground by one plain backdrop: top and bottom rows look alike there.
+    closeups, _ = render_scenes(np.arange(400), seed=0, closeup_fraction=1.0)
+    rows = closeups.float() / 255
+    top_bottom_gap = (rows[:, :, :2].mean(dim=(2, 3)) - rows[:, :, -2:].mean(dim=(2, 3))).abs().sum(1)
+    outdoor_gap = (floats[:, :, :2].mean(dim=(2, 3)) - floats[:, :, -2:].mean(dim=(2, 3))).abs().sum(1)
+    assert top_bottom_gap.median() < outdoor_gap.median()
 
 
 def test_synthetic_train_and_test_differ():
