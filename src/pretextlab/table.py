@@ -205,7 +205,9 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
     combos = list(dict.fromkeys((str(r.data), str(r.backbone)) for r in [*groups.values(), *failed]))
 
     def order(row: Row) -> tuple[Any, ...]:
-        return (combos.index((str(row.data), str(row.backbone))), _task_rank(row.task), str(row.task), row.failed)
+        # Random init first and supervised last across the whole table (the classic reading order);
+        # the same task on several backbones/datasets stays together, in order of appearance.
+        return (_task_rank(row.task), combos.index((str(row.data), str(row.backbone))), str(row.task), row.failed)
 
     return sorted([*groups.values(), *failed], key=order)
 
