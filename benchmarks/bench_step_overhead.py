@@ -52,8 +52,15 @@ def measure(task_name: str, batch: int, repeats: int) -> tuple[float, float, lis
     shapes: list[tuple[int, ...]] = []
     # Only inputs that are trained through count as "backbone inputs"; the online probe's no-grad
     # forward on clean images is part of the overhead being measured.
-    hook = backbone.register_forward_pre_hook(
-        lambda module, args: shapes.append(tuple(args[0].shape)) if torch.is_grad_enabled() else None)
+    original_stage_outputs = backbone.stage_outputs
+
+    def recording_stage_outputs(x: torch.Tensor) -> list[torch.Tensor]:
+        # Every backbone path (forward, forward_stages, dense heads) goes through stage_outputs.
+        if torch.is_grad_enabled():
+            shapes.append(tuple(x.shape))
+        return original_stage_outputs(x)
+
+    backbone.stage_outputs = recording_stage_outputs  # type: ignore[method-assign]
     task.log = lambda *a, **k: None  # type: ignore[method-assign]  (no trainer attached)
     task.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
 
@@ -67,7 +74,7 @@ def measure(task_name: str, batch: int, repeats: int) -> tuple[float, float, lis
         optimizer.step()
 
     task_step()
-    hook.remove()
+    backbone.stage_outputs = original_stage_outputs  # type: ignore[method-assign]
     # MAE's encoder sees visible tokens through its own path, not backbone.forward: fall back to the
     # clean batch shape when no call was recorded.
     recorded = [s for s in shapes] or [tuple(images.shape)]
