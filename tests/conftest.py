@@ -29,6 +29,22 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "logger=none",
 ]
+#: A whole rotation run in a few seconds (two steps, no offline evaluation), for tests that need a
+#: finished run directory rather than learning. Compose it with ``tiny=False``.
+FAST_RUN = [
+    "task=rotation",
+    "data.source.num_train=128",
+    "data.source.num_test=64",
+    "data.batch_size=64",
+    "data.eval_batch_size=64",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "task.panel_images=0",
+    "eval=none",
+    "logger=none",
+]
+
 #: Added when the composed eval options include the linear probe.
 TINY_LINEAR = [
     "eval.protocols.linear.epochs=3",

@@ -11,26 +11,15 @@ import pytest
 import torch
 
 import pretextlab
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from pretextlab.config import config_dir
 from pretextlab.export import ExportError, export_backbone, load_backbone, load_checkpoint, main
 from pretextlab.train import run
+from tests.conftest import FAST_RUN, compose_config
 
 FAKE_KEY = "sk-fake-123"
 FAST = [
-    "task=rotation",
-    "data.source.num_train=128",
-    "data.source.num_test=64",
-    "data.batch_size=64",
-    "data.eval_batch_size=64",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "task.panel_images=0",
-    "eval=none",
+    *FAST_RUN,
     "logger=csv",  # writes the module's hyper-parameters: one more place a secret could leak into
     # A credential interpolated into the config, under an innocent name and under a telling one.
     "+notes=run by ${oc.env:WANDB_API_KEY}",
@@ -40,12 +29,7 @@ FAST = [
 
 def _compose(overrides: list[str], run_dir: Path) -> DictConfig:
     # conftest's make_config is per test; the finished run below is shared by the whole module.
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.run_dir = str(run_dir)
-    return cfg
+    return compose_config(overrides, run_dir, tiny=False)
 
 
 @pytest.fixture(scope="module")

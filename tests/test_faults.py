@@ -20,22 +20,11 @@ from omegaconf import open_dict
 import pretextlab.io as pio
 from pretextlab.config import ConfigError, config_dir
 from pretextlab.tasks import PretextOutput, RotationTask
+from tests.conftest import FAST_RUN
 from pretextlab.train import ExistingResultsError, _record_failure, main, run
 
 #: Two steps per epoch, no offline evaluation: a whole run takes a few seconds.
-FAST = [
-    "task=rotation",
-    "data.source.num_train=128",
-    "data.source.num_test=64",
-    "data.batch_size=64",
-    "data.eval_batch_size=64",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "task.panel_images=0",
-    "eval=none",
-    "logger=none",
-]
+FAST = FAST_RUN
 
 
 def _fast(make_config, overrides=(), run_dir: Path | None = None):
