@@ -23,9 +23,9 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 
 def stack_rows(*rows: torch.Tensor) -> torch.Tensor:
     """Stack equally sized ``(N, C, H, W)`` rows (e.g. input / output / original) into one grid."""
-    count = rows[0].shape[0]
-    prepared = [r.detach().float().clamp(0, 1).cpu().expand(-1, 3, -1, -1) if r.shape[1] == 1 else r.detach().float().clamp(0, 1).cpu() for r in rows]
-    return image_grid(torch.cat(prepared), nrow=count)
+    # Gray rows become 3-channel so rows of both kinds can be concatenated; image_grid does the rest.
+    colour_rows = [row.detach().cpu().expand(-1, 3, -1, -1) for row in rows]
+    return image_grid(torch.cat([row.float() for row in colour_rows]), nrow=rows[0].shape[0])
 
 
 def log_panels(module: L.LightningModule, panels: dict[str, torch.Tensor]) -> None:
