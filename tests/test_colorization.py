@@ -123,6 +123,30 @@ def test_soft_encoding_is_a_gaussian_over_the_five_nearest_bins(centres):
     assert torch.allclose(weights[0, 3, 4], expected / expected.sum(), atol=1e-5)
 
 
+@pytest.mark.parametrize("neighbours", [1, 5, 9])
+def test_windowed_search_finds_the_same_bins_as_the_full_search(centres, neighbours):
+    # real colours, plus rows on the gamut's edge and far outside it, where the window holds too
+    # few bins and the full search must take over
+    generator = torch.Generator().manual_seed(3)
+    outside = (torch.rand(2, 2, 8, 8, generator=generator) - 0.5) * 600
+    edge = centres[torch.randint(len(centres), (2 * 8 * 8,), generator=generator)].T.reshape(2, 2, 8, 8) + 4.0
+    for ab in (_random_ab(), outside, edge):
+        full_indices, full_weights = color.soft_encode(ab, centres, neighbours, sigma=5.0)
+        window_indices, window_weights = color.soft_encode(ab, centres, neighbours, sigma=5.0, grid=10.0)
+        full_distances = (centres[full_indices] - ab.permute(0, 2, 3, 1)[..., None, :]).pow(2).sum(-1)
+        window_distances = (centres[window_indices] - ab.permute(0, 2, 3, 1)[..., None, :]).pow(2).sum(-1)
+        assert torch.allclose(window_distances, full_distances, atol=1e-2)  # same neighbours up to ties
+        assert torch.allclose(window_weights, full_weights, atol=1e-5)
+        closest_two = (centres - ab.permute(0, 2, 3, 1)[..., None, :]).pow(2).sum(-1).topk(2, largest=False).values
+        untied = (closest_two[..., 1] - closest_two[..., 0]) > 1e-2
+        assert torch.equal(window_indices[..., 0][untied], full_indices[..., 0][untied])
+
+
+def test_windowed_search_refuses_centres_off_the_lattice(centres):
+    with pytest.raises(ValueError, match="lattice of spacing 7"):
+        color.soft_encode(_random_ab(), centres, 5, grid=7.0)
+
+
 def test_rebalancing_weights_have_expectation_one_under_p(centres):
     counts = color.bin_histogram(color.nearest_bin(_random_ab(), centres), centres.shape[0])
     p = color.smooth_distribution(counts / counts.sum(), centres, sigma=5.0)
@@ -175,9 +199,11 @@ def test_task_composes_and_steps_with_each_backbone_and_head(make_config, backbo
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in task.backbone.parameters())
     assert any(p.grad.abs().sum() > 0 for p in task.backbone.parameters())
     assert output.clean_features is not None and output.clean_features.shape == (4, task.backbone.feature_dim)
-    assert "ab_mse" in output.metrics and ("acc" in output.metrics) == (head == "classification")
+    assert ("acc" in output.metrics) == (head == "classification")
+    assert "ab_mse" not in output.metrics  # decoding every pixel is left to validation
     task.eval()
     with torch.no_grad():
+        assert "ab_mse" in task.pretext_step(images, labels).metrics
         panel = task.visualize(images)["colorization"]
     assert panel.shape == (3, 3 * 33 + 1, 4 * 33 + 1)  # gray / predicted / original rows of 4
 

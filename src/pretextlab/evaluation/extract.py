@@ -78,7 +78,7 @@ def feature_fingerprint(encoder: nn.Module, stages: list[str], pool_size: int,
     preparation, and (when given) the split tensors. Different weights ⇒ a different cache file."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"stages={list(stages)};pool={pool_size};".encode())
-    prepare = getattr(encoder, "_prepare", None)
+    prepare = getattr(encoder, "prepare", None)
     digest.update(f"encoder={type(encoder).__qualname__};prepare={getattr(prepare, '__qualname__', None)};".encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())

@@ -6,7 +6,6 @@ import copy
 import logging
 import math
 import time
-import types
 from typing import Any, cast
 
 import torch
@@ -14,19 +13,21 @@ from torch import nn
 
 from pretextlab.evaluation.linear import topk_accuracy
 from pretextlab.evaluation.splits import select_shots
+from pretextlab.tasks.base import EvaluationEncoder
 
 log = logging.getLogger(__name__)
 
 
 def copy_encoder(encoder: nn.Module) -> nn.Module:
-    """A deep copy of ``encoder``'s modules, parameters and buffers that shares its bound methods.
+    """An encoder with its own copy of the weights, the original left untouched.
 
-    The evaluation encoder keeps the task's input preparation as a bound method; a plain
-    ``deepcopy`` would follow it and copy the whole task (and its trainer). Preparation holds no
-    trainable state, so sharing it is safe, and the copy's weights are independent of the original.
+    An :class:`EvaluationEncoder` keeps the task's input preparation as a bound method; a plain
+    ``deepcopy`` would follow it and copy the whole task (and its trainer), so only its backbone is
+    copied and the preparation (no trainable state) is shared. Other modules are deep-copied.
     """
-    memo: dict[int, Any] = {id(value): value for value in vars(encoder).values() if isinstance(value, types.MethodType)}
-    return copy.deepcopy(encoder, memo)
+    if isinstance(encoder, EvaluationEncoder):
+        return encoder.with_backbone(copy.deepcopy(encoder.backbone))
+    return copy.deepcopy(encoder)
 
 
 class FineTune:

@@ -194,14 +194,59 @@ def nearest_bin(ab: torch.Tensor, centres: torch.Tensor, chunk: int = 65536) -> 
         return torch.cat(indices).view(shape)
 
 
+def _nearest_in_window(rows: torch.Tensor, centres: torch.Tensor, neighbours: int, grid: float,
+                       radius: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``neighbours`` nearest centres of each row, searched in a window of the lattice only.
+
+    Centres sit on the lattice ``grid · Z²``. Each row looks at the (2r+1)² lattice points around
+    its nearest lattice point (r = ``radius``) instead of all Q centres: 25 candidates instead of
+    262 at the default grid. Exact: every lattice point outside the window lies at least
+    ``safe = (r+1)·grid − max(|row − cell·grid|)`` away, so a row whose ``neighbours``-th candidate
+    is closer than ``safe`` has its answer inside the window; the few rows that do not (at the
+    gamut's edge, where the window holds few bins, or rows far outside the grid) are searched in
+    full. Returns squared distances and indices, ``(N, neighbours)`` each, nearest first.
+    """
+    lattice = torch.round(centres / grid).long()  # (Q, 2)
+    if not torch.allclose(lattice.to(centres) * grid, centres, atol=1e-3):
+        raise ValueError(f"the bin centres are not on a lattice of spacing {grid}")
+    low, high = lattice.min(0).values, lattice.max(0).values
+    extent = high - low + 1 + 2 * radius
+    table = torch.full((int(extent[0]), int(extent[1])), -1, dtype=torch.long, device=rows.device)
+    table[lattice[:, 0] - low[0] + radius, lattice[:, 1] - low[1] + radius] = torch.arange(
+        len(centres), device=rows.device)
+    cell = torch.round(rows / grid).long()
+    cell = torch.maximum(torch.minimum(cell, high), low)  # far-away rows: the fallback handles them
+    steps = torch.arange(-radius, radius + 1, device=rows.device)
+    offset_a, offset_b = torch.meshgrid(steps, steps, indexing="ij")
+    index_a = (cell[:, :1] - low[0] + radius) + offset_a.reshape(1, -1)
+    index_b = (cell[:, 1:] - low[1] + radius) + offset_b.reshape(1, -1)
+    candidates = table[index_a, index_b]  # (N, (2r+1)²), -1 where the lattice point is no bin
+    present = candidates >= 0
+    differences = rows[:, None, :] - centres[candidates.clamp(min=0)]
+    distances = differences.pow(2).sum(-1).masked_fill(~present, float("inf"))
+    nearest_sq, slots = distances.topk(neighbours, dim=1, largest=False, sorted=True)
+    indices = candidates.gather(1, slots)
+    safe = (radius + 1) * grid - (rows - cell.to(rows) * grid).abs().amax(dim=1)
+    unsure = ~(nearest_sq[:, -1] < safe.clamp(min=0).pow(2))
+    if unsure.any():
+        full_sq, full_indices = squared_distances(rows[unsure], centres).topk(
+            neighbours, dim=1, largest=False, sorted=True)
+        nearest_sq[unsure], indices[unsure] = full_sq, full_indices
+    return nearest_sq, indices
+
+
 def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5,
-                sigma: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+                sigma: float = 5.0, grid: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zhang et al.'s soft targets: a Gaussian over the ``neighbours`` nearest bins of each pixel.
 
     ``ab`` ``(B, 2, H, W)`` → ``(indices, weights)``, both ``(B, H, W, neighbours)``; ``indices``
     are sorted nearest first (so ``indices[..., 0]`` is the hard bin) and ``weights`` are
     ``exp(-d² / 2σ²)`` normalised to sum to 1 per pixel. Kept sparse: the dense ``(B, Q, H, W)``
     target is never needed, the loss gathers the log-probabilities at ``indices``.
+
+    With ``grid`` (the spacing the centres were built with, :func:`in_gamut_ab_bins`) the search
+    looks only at the lattice window around each pixel (:func:`_nearest_in_window`, same result);
+    without it, every pixel is compared with every centre.
     """
     if neighbours < 1 or neighbours > centres.shape[0]:
         raise ValueError(f"soft encoding needs 1 <= neighbours <= number of bins ({centres.shape[0]}), "
@@ -210,8 +255,12 @@ def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5,
         raise ValueError(f"soft-encoding sigma must be > 0, got {sigma}")
     with _exact_float(ab):
         rows, shape = _pixels(ab)
-        distances = squared_distances(rows, centres.to(rows))
-        nearest_sq, indices = distances.topk(neighbours, dim=1, largest=False, sorted=True)
+        centres = centres.to(rows)
+        if grid is None:
+            nearest_sq, indices = squared_distances(rows, centres).topk(neighbours, dim=1, largest=False,
+                                                                        sorted=True)
+        else:
+            nearest_sq, indices = _nearest_in_window(rows, centres, neighbours, grid)
         # softmax of -d²/2σ² = normalised Gaussian weights, stable for far-away pixels too
         weights = torch.softmax(-nearest_sq / (2 * sigma**2), dim=1)
         return indices.view(*shape, neighbours), weights.view(*shape, neighbours)

@@ -54,13 +54,18 @@ class EvaluationEncoder(nn.Module):
     """A backbone with the task's input preparation in front: what evaluation calls "features".
 
     Takes float images in [0, 1]; exposes ``forward`` (pooled last stage), ``forward_stages`` and the
-    stage metadata of the backbone, so evaluation code never needs to know the task.
+    stage metadata of the backbone, so evaluation code never needs to know the task. ``prepare`` is
+    the task's input preparation (a bound method holding no trainable state).
     """
 
     def __init__(self, backbone: Backbone, prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.backbone = backbone
-        self._prepare = prepare
+        self.prepare = prepare
+
+    def with_backbone(self, backbone: Backbone) -> EvaluationEncoder:
+        """The same input preparation in front of another backbone (e.g. a copy to fine-tune)."""
+        return EvaluationEncoder(backbone, self.prepare)
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -74,10 +79,10 @@ class EvaluationEncoder(nn.Module):
         return self.backbone.feature_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self._prepare(images))
+        return self.backbone(self.prepare(images))
 
     def forward_stages(self, images: torch.Tensor, stages: list[str] | None = None, pool_size: int = 1) -> dict[str, torch.Tensor]:
-        return self.backbone.forward_stages(self._prepare(images), stages, pool_size)
+        return self.backbone.forward_stages(self.prepare(images), stages, pool_size)
 
 
 class PretextTask(L.LightningModule):

@@ -54,10 +54,10 @@ class ColorizationTask(PretextTask):
     learn and are left out of the loss and the metrics.
 
     Metrics: ``acc`` (classification: top-1 bin accuracy over valid pixels, against the target's
-    nearest bin), ``ab_mse`` (mean over valid pixels of the squared ab distance between the decoded
-    prediction — annealed mean at ``temperature`` for classification — and the target), and in
-    validation the same error of the constant mean-colour prediction, ``ab_mse_mean_baseline``,
-    plus (classification) ``acc_mode_baseline``, the accuracy of always predicting p's mode.
+    nearest bin); in validation also ``ab_mse`` (mean over valid pixels of the squared ab distance
+    between the decoded prediction — annealed mean at ``temperature`` for classification — and the
+    target), the same error of the constant mean-colour prediction, ``ab_mse_mean_baseline``, and
+    (classification) ``acc_mode_baseline``, the accuracy of always predicting p's mode.
     """
 
     requires = "convnet"
@@ -123,6 +123,7 @@ class ColorizationTask(PretextTask):
             raise TaskConfigError(f"task.soft_neighbours={soft_neighbours} must lie in [1, {num_bins}] "
                                   f"(the number of in-gamut bins at ab_grid={ab_grid})")
         self.soft_neighbours = soft_neighbours
+        self.ab_grid = ab_grid
         self.num_bins = num_bins
         self.chance_accuracy = 1.0 / num_bins if head == "classification" else None
         # Persistent buffers: they land in checkpoints, so a resumed or exported model decodes and
@@ -254,24 +255,29 @@ class ColorizationTask(PretextTask):
 
         if self.head_kind == "classification":
             indices, soft_weights = color.soft_encode(target_ab, self.bin_centres, self.soft_neighbours,
-                                                      self.soft_sigma)
-            log_probs = F.log_softmax(prediction, dim=1).permute(0, 2, 3, 1)  # (B, h, w, Q)
-            cross_entropy = -(soft_weights * log_probs.gather(-1, indices)).sum(-1)  # (B, h, w)
-            pixel_weights = self.bin_weights[indices[..., 0]]  # rebalancing by the nearest bin
+                                                      self.soft_sigma, grid=self.ab_grid)
+            # bins stay at dim 1 throughout: gathering there avoids a channels-last copy of the logits
+            indices, soft_weights = indices.permute(0, 3, 1, 2), soft_weights.permute(0, 3, 1, 2)  # (B, K, h, w)
+            log_probs = F.log_softmax(prediction, dim=1)
+            cross_entropy = -(soft_weights * log_probs.gather(1, indices)).sum(1)  # (B, h, w)
+            nearest = indices[:, 0]
+            pixel_weights = self.bin_weights[nearest]  # rebalancing by the nearest bin
             loss = (cross_entropy * pixel_weights * valid).sum() / valid_count
-            hits = (prediction.argmax(dim=1) == indices[..., 0]).float()
+            hits = (prediction.detach().argmax(dim=1) == nearest).float()
             metrics["acc"] = (hits * valid).sum() / valid_count
             if not self.training:
-                mode_hits = (indices[..., 0] == self.prior.argmax()).float()
+                mode_hits = (nearest == self.prior.argmax()).float()
                 metrics["acc_mode_baseline"] = (mode_hits * valid).sum() / valid_count
         else:
             squared = (prediction - target_ab / self.regression_scale).pow(2).mean(dim=1)  # per ab component
             loss = (squared * valid).sum() / valid_count
 
-        with torch.no_grad():
-            ab_error = (self.decode(prediction.detach()) - target_ab).pow(2).sum(dim=1)
-            metrics["ab_mse"] = (ab_error * valid).sum() / valid_count
-            if not self.training:
+        if not self.training:
+            # Decoding (an annealed softmax over every bin of every pixel) costs as much as the loss
+            # itself, so the colour error is measured in validation only.
+            with torch.no_grad():
+                ab_error = (self.decode(prediction.detach()) - target_ab).pow(2).sum(dim=1)
+                metrics["ab_mse"] = (ab_error * valid).sum() / valid_count
                 baseline_error = (self.ab_mean.view(1, 2, 1, 1) - target_ab).pow(2).sum(dim=1)
                 metrics["ab_mse_mean_baseline"] = (baseline_error * valid).sum() / valid_count
         return PretextOutput(loss=loss, metrics=metrics, clean_features=features)
