@@ -33,18 +33,28 @@ def compose_config(overrides: list[str]):
 BACKBONE_FOR = {"mae": "vit_tiny"}
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _paired_times(task_step, reference_step, repeats: int) -> tuple[float, float, float]:
+    """Median task time, median reference time and median of the per-pair ratios.
+
+    The two steps alternate (task, reference, task, ...), so a burst of load from other jobs on
+    the shared machine hits both sides of a pair instead of skewing one of the two medians.
+    """
+    task_step()
+    reference_step()  # warm-up
+    task_times, reference_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        task_step()
+        middle = time.perf_counter()
+        reference_step()
+        task_times.append(middle - start)
+        reference_times.append(time.perf_counter() - middle)
+    ratios = sorted(t / r for t, r in zip(task_times, reference_times, strict=True))
+    return sorted(task_times)[repeats // 2], sorted(reference_times)[repeats // 2], ratios[repeats // 2]
 
 
 def measure(task_name: str, batch: int, repeats: int,
-            online_probe: bool = True) -> tuple[float, float, list[tuple[int, ...]]]:
+            online_probe: bool = True) -> tuple[float, float, float, list[tuple[int, ...]]]:
     backbone_option = BACKBONE_FOR.get(task_name, "convnet")
     cfg = compose_config([f"task={task_name}", f"backbone={backbone_option}",
                           f"task.online_probe={str(online_probe).lower()}"])
@@ -97,7 +107,7 @@ def measure(task_name: str, batch: int, repeats: int,
         loss.backward()
         reference_optimizer.step()
 
-    return _median_time(task_step, repeats), _median_time(reference_step, repeats), recorded
+    return (*_paired_times(task_step, reference_step, repeats), recorded)
 
 
 def main() -> None:
@@ -107,14 +117,14 @@ def main() -> None:
     parser.add_argument("--tasks", default="rotation,jigsaw,colorization,context,inpainting,mae,supervised")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"batch {args.batch}, 32 px, threads {torch.get_num_threads()}, median of {args.repeats}")
+    print(f"batch {args.batch}, 32 px, threads {torch.get_num_threads()}, median of {args.repeats} alternating task/reference pairs (ratio: median of per-pair ratios)")
     print(f"{'task':<14}{'step (s)':>10}{'no probe (s)':>14}{'supervised (s)':>16}{'ratio':>8}"
           f"{'ratio no probe':>16}  backbone inputs")
     for name in args.tasks.split(","):
-        task_time, reference_time, shapes = measure(name, args.batch, args.repeats)
-        bare_time, bare_reference_time, _ = measure(name, args.batch, args.repeats, online_probe=False)
+        task_time, reference_time, ratio, shapes = measure(name, args.batch, args.repeats)
+        bare_time, _, bare_ratio, _ = measure(name, args.batch, args.repeats, online_probe=False)
         print(f"{name:<14}{task_time:>10.3f}{bare_time:>14.3f}{reference_time:>16.3f}"
-              f"{task_time / reference_time:>8.2f}{bare_time / bare_reference_time:>16.2f}  {shapes}")
+              f"{ratio:>8.2f}{bare_ratio:>16.2f}  {shapes}")
 
 
 if __name__ == "__main__":

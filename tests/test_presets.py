@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from pretextlab.config import project_root, validate_config
+from pretextlab.config import config_dir, project_root, validate_config
 
 from tests.conftest import compose_config
 
@@ -45,6 +45,27 @@ def test_cpu_preset_is_the_small_convnet_on_a_cifar10_subset(tmp_path):
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
     assert cfg.data.num_pretrain == 10_000 and cfg.data.on_device is False
     assert set(cfg.eval.protocols) == {"linear", "knn"} and cfg.eval.stages == "all"
+
+
+def test_every_preset_task_specialisation_names_a_real_preset_and_task():
+    # conf/experiment_task/<experiment>_<task>.yaml is pulled in as `optional`: a misspelt file name
+    # would be skipped without a word, so every file must name an existing preset and task.
+    conf = Path(config_dir())
+    experiments = {p.stem for p in (conf / "experiment").glob("*.yaml")}
+    tasks = {p.stem for p in (conf / "task").glob("*.yaml") if not p.stem.startswith("_")}
+    pairs = {f"{e}_{t}" for e in experiments for t in tasks}
+    files = sorted(p.stem for p in (conf / "experiment_task").glob("*.yaml"))
+    assert files, "conf/experiment_task/ is empty"
+    assert not set(files) - pairs, f"no preset/task pair for {sorted(set(files) - pairs)}"
+
+
+def test_cpu_preset_plays_jigsaw_on_a_2x2_grid_and_the_user_still_wins(tmp_path):
+    cfg = _preset("table_cifar10_cpu", "jigsaw", None, tmp_path)
+    assert (cfg.task.grid, cfg.task.num_permutations) == (2, 24)
+    assert compose_config(["task=jigsaw"], tiny=False).task.grid == 3  # only the preset changes it
+    cfg = _preset("table_cifar10_cpu", "jigsaw", None, tmp_path, "task.grid=3", "task.num_permutations=100")
+    assert (cfg.task.grid, cfg.task.num_permutations) == (3, 100)
+    validate_config(cfg)
 
 
 def test_cpu_preset_builds_on_the_cifar10_copy(tmp_path):
