@@ -95,6 +95,9 @@ class PretextTask(L.LightningModule):
     #: "convnet" (any backbone with spatial maps), "transformer", or "any".
     requires: str = "any"
 
+    mean: torch.Tensor  # buffers: declared so that type checkers see tensors, not Module | Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         backbone: Backbone,
