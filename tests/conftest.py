@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from pretextlab.backbones.base import Backbone
 from pretextlab.config import config_dir
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -81,3 +82,25 @@ def make_config(tmp_path: Path):
 def _clear_hydra() -> Iterator[None]:
     yield
     GlobalHydra.instance().clear()
+
+
+class TokenBackbone(Backbone):
+    """A stand-in transformer: 4 px patches to 8-dim tokens, no spatial maps.
+
+    ``image_size``: when set, inputs of any other size are refused (a fixed token grid).
+    """
+
+    def __init__(self, image_size: int | None = None) -> None:
+        super().__init__()
+        self.in_channels, self.stage_names, self.stage_dims, self.build_config = 3, ("tokens",), (8,), {}
+        self.image_size = image_size
+        self.embed = torch.nn.Linear(3 * 16, 8)
+
+    def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self.image_size is not None:
+            assert images.shape[-2:] == (self.image_size, self.image_size), images.shape
+        return [self.embed(torch.nn.functional.unfold(images, 4, stride=4).transpose(1, 2))]
+
+    @property
+    def is_convolutional(self) -> bool:
+        return False

@@ -17,6 +17,7 @@ from pretextlab.ops.patches import (
 from pretextlab.tasks.base import TaskConfigError
 from pretextlab.tasks.context import ContextTask
 from pretextlab.train import run
+from tests.conftest import TokenBackbone
 
 
 def coordinate_images(batch: int, size: int) -> torch.Tensor:
@@ -171,24 +172,6 @@ def test_short_run_beats_chance(make_config) -> None:
 
 
 def test_transformer_backbone_gets_patches_at_the_image_size() -> None:
-    from pretextlab.backbones.base import Backbone
-
-    class TokenBackbone(Backbone):
-        """A stand-in transformer that only accepts 32 px inputs (a fixed token grid)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.in_channels, self.stage_names, self.stage_dims, self.build_config = 3, ("tokens",), (8,), {}
-            self.embed = torch.nn.Linear(3 * 16, 8)
-
-        def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
-            assert images.shape[-2:] == (32, 32), images.shape
-            return [self.embed(torch.nn.functional.unfold(images, 4, stride=4).transpose(1, 2))]
-
-        @property
-        def is_convolutional(self) -> bool:
-            return False
-
-    task = ContextTask(backbone=TokenBackbone(), image_size=32, min_input_size=16)
+    task = ContextTask(backbone=TokenBackbone(image_size=32), image_size=32, min_input_size=16)
     output = task.pretext_step(torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
     assert torch.isfinite(output.loss)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from pretextlab.backbones.base import Backbone
+from tests.conftest import TokenBackbone
 from pretextlab.ops.masks import (
     MASK_KINDS,
     central_mask,
@@ -163,22 +163,6 @@ def test_losses_stay_float32_and_finite_under_bf16_autocast() -> None:
     for value in (output.loss, *output.terms.values(), *output.metrics.values()):
         assert value.dtype == torch.float32 and torch.isfinite(value)
     assert set(output.terms) == {"reconstruction", "adversarial"}
-
-
-class TokenBackbone(Backbone):
-    """A stand-in transformer: tokens, no spatial maps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.in_channels, self.stage_names, self.stage_dims, self.build_config = 3, ("tokens",), (8,), {}
-        self.embed = torch.nn.Linear(3 * 16, 8)
-
-    def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.embed(torch.nn.functional.unfold(images, 4, stride=4).transpose(1, 2))]
-
-    @property
-    def is_convolutional(self) -> bool:
-        return False
 
 
 def test_transformer_backbone_is_refused() -> None:

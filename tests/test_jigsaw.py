@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from pretextlab.backbones.base import Backbone
+from tests.conftest import TokenBackbone
 from pretextlab.backbones.convnet import ConvNet
 from pretextlab.ops.permutations import max_hamming_permutations
 from pretextlab.ops.tiles import (
@@ -203,21 +203,6 @@ def test_tiles_as_cut_by_default(make_config) -> None:
     assert shapes == [(18, 3, 8, 8)]
 
 
-class _TokenBackbone(Backbone):
-    """A stand-in transformer: no spatial maps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.in_channels = 3
-        self.stage_names = ("tokens",)
-        self.stage_dims = (8,)
-        self.build_config = {}
-
-    @property
-    def is_convolutional(self) -> bool:
-        return False
-
-
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
@@ -236,7 +221,7 @@ def test_bad_task_parameters_fail_at_construction(kwargs: dict, fragment: str) -
 
 def test_a_transformer_backbone_is_refused() -> None:
     with pytest.raises(TaskConfigError, match="convolutional backbone"):
-        JigsawTask(backbone=_TokenBackbone(), image_size=32)
+        JigsawTask(backbone=TokenBackbone(), image_size=32)
 
 
 def test_short_run_on_synthetic_learns_well_above_chance(make_config) -> None:
