@@ -63,6 +63,38 @@ def test_lab_conversion_works_on_single_images_and_stays_float32_under_bf16_auto
 
 # -- ab bins --------------------------------------------------------------------------------------
 
+def _piecewise_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """The textbook definition with torch.where on both knees: the reference for the fast path."""
+    linear = torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    white = torch.tensor(color._WHITE_D65).view(3, 1, 1)
+    xyz = torch.einsum("ij,bjhw->bihw", torch.tensor(color._RGB_TO_XYZ), linear) / white
+    f = torch.where(xyz > color._EPSILON, xyz.clamp(min=color._EPSILON) ** (1 / 3), (color._KAPPA * xyz + 16) / 116)
+    lightness = 116 * f[:, 1:2] - 16
+    return torch.cat([lightness, 500 * (f[:, :1] - f[:, 1:2]), 200 * (f[:, 1:2] - f[:, 2:])], dim=1)
+
+
+def test_sliced_batch_conversion_equals_per_image_conversion_and_the_piecewise_definition():
+    # 300 images of 32 px exceed one CPU slice, so the batch is converted slice by slice; dark
+    # images put values below both knees (sRGB toe, Lab's linear segment).
+    rgb = torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    rgb[:20] *= 0.03
+    assert len(rgb) * rgb[0].numel() > color._CPU_SLICE_VALUES
+    lab = color.rgb_to_lab(rgb)
+    assert torch.allclose(lab, torch.stack([color.rgb_to_lab(image) for image in rgb]), atol=1e-4)
+    assert (lab - _piecewise_rgb_to_lab(rgb)).abs().max() <= 2e-4
+
+
+def test_lab_gradient_matches_the_piecewise_definition():
+    rgb = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    rgb[0] *= 0.03
+    weights = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    fast, reference = rgb.clone().requires_grad_(), rgb.clone().requires_grad_()
+    (color.rgb_to_lab(fast) * weights).sum().backward()
+    (_piecewise_rgb_to_lab(reference) * weights).sum().backward()
+    assert fast.grad is not None and reference.grad is not None
+    assert (fast.grad - reference.grad).abs().max() <= 1e-4 * reference.grad.abs().max()
+
+
 def _skimage_reached_cells(samples_per_edge: int) -> set[tuple[int, int]]:
     """Cells (multiples of 10) reached by sRGB colours on the cube's surface, through skimage."""
     steps = np.linspace(0, 1, samples_per_edge)

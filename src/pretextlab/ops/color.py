@@ -63,22 +63,54 @@ def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
                        linear * 12.92)
 
 
-#: RGB → XYZ with the white point divided out (one pass over the pixels instead of two).
-_RGB_TO_XYZ_OVER_WHITE = tuple(tuple(v / w for v in row) for row, w in zip(_RGB_TO_XYZ, _WHITE_D65, strict=True))
+#: sRGB decoding above the toe is ((c + 0.055) / 1.055)^2.4 = (c + 0.055)^2.4 · 1.055^-2.4; the constant
+#: factor is folded into the RGB → XYZ matrix so that the pixel pass skips one multiplication.
+_SRGB_SCALE = 1.055 ** -2.4
+_SRGB_TOE = 0.04045
+#: RGB → XYZ with the white point divided out and the sRGB scale folded in (see above).
+_RGB_TO_XYZ_FOR_LAB = tuple(tuple(v * _SRGB_SCALE / w for v in row)
+                            for row, w in zip(_RGB_TO_XYZ, _WHITE_D65, strict=True))
 #: (f(X), f(Y), f(Z)) → (L + 16, a, b): L = 116 f(Y) - 16, a = 500 (f(X) - f(Y)), b = 200 (f(Y) - f(Z)).
 _F_TO_LAB = ((0.0, 116.0, 0.0), (500.0, -500.0, 0.0), (0.0, 200.0, -200.0))
+#: On the CPU the batch is converted in slices of about this many values, so that the dozen passes
+#: over each slice run in cache (measured: ~2.5x faster at 32 px than whole-batch passes).
+_CPU_SLICE_VALUES = 1 << 18
+
+
+def _lab_of_slice(rgb: torch.Tensor) -> torch.Tensor:
+    """The conversion of :func:`rgb_to_lab` on one float32 ``(B, 3, H, W)`` slice, in few passes.
+
+    Both piecewise curves are written without ``torch.where``: the power branch is evaluated on the
+    input clamped to its domain, and the linear branch enters as a correction that is zero above
+    the knee (``-(knee - x)⁺ · slope``). The two branches meet at the knee (sRGB: to 1e-9, the
+    standard's own rounding; Lab: exactly), so this equals the piecewise definition. The in-place
+    ops act on fresh intermediates only, which autograd supports.
+    """
+    # sRGB → linear, up to the factor _SRGB_SCALE folded into the matrix below
+    linear = (rgb + 0.055).clamp_(min=_SRGB_TOE + 0.055).pow_(2.4)
+    linear.sub_((_SRGB_TOE - rgb).clamp_(min=0.0), alpha=1.0 / (12.92 * _SRGB_SCALE))
+    xyz = _mix_channels(_RGB_TO_XYZ_FOR_LAB, linear)
+    # f(t) = t^(1/3) above ε, (κ t + 16) / 116 below: the line continues the cube root at ε
+    f = xyz.clamp(min=_EPSILON).pow_(1.0 / 3.0)
+    f.add_((xyz - _EPSILON).clamp_(max=0.0), alpha=_KAPPA / 116.0)
+    lab = _mix_channels(_F_TO_LAB, f)
+    lab[:, 0].sub_(16.0)
+    return lab
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] → CIE Lab (D65), float32, same shape; channels at dim -3."""
     _check_channels(rgb, "rgb")
     with _exact_float(rgb):
-        xyz = _mix_channels(_RGB_TO_XYZ_OVER_WHITE, srgb_to_linear(rgb.float()))
-        # clamp before the cube root so that the unused branch of torch.where has no NaN gradient
-        f = torch.where(xyz > _EPSILON, xyz.clamp(min=_EPSILON) ** (1 / 3), (_KAPPA * xyz + 16) / 116)
-        lab = _mix_channels(_F_TO_LAB, f)
-        lab[..., 0, :, :] -= 16
-        return lab
+        images = rgb.float().reshape(-1, *rgb.shape[-3:])
+        per_image = images[0].numel() if len(images) else 1
+        step = max(1, _CPU_SLICE_VALUES // per_image)
+        if rgb.device.type != "cpu" or len(images) <= step or (torch.is_grad_enabled() and rgb.requires_grad):
+            return _lab_of_slice(images).view(rgb.shape)
+        lab = torch.empty_like(images)
+        for start in range(0, len(images), step):
+            lab[start:start + step] = _lab_of_slice(images[start:start + step])
+        return lab.view(rgb.shape)
 
 
 def lab_to_linear_rgb(lab: torch.Tensor) -> torch.Tensor:

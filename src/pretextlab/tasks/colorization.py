@@ -6,7 +6,7 @@ its stage maps predicts, per pixel, either a distribution over the in-gamut ab b
 the simple alternative that is known to give desaturated colours).
 
 Resolution: the head predicts at its stage's resolution and the prediction is upsampled
-(bilinear) to the target resolution, ``image size / target_downsample`` (default ¼, as in the
+(bilinear, into channels-last layout) to the target resolution, ``image size / target_downsample`` (default ¼, as in the
 paper, whose network predicts 56×56 for 224 px inputs). Targets are the ab channels average-pooled
 to that resolution. At 32 px with the default last stage, both the convnet and the CIFAR-stem
 ResNet-18 predict at 4×4, upsampled to 8×8 targets.
@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pretextlab.ops import color
+from pretextlab.ops.resize import bilinear_to_channels_last
 from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError
 
 log = logging.getLogger(__name__)
@@ -232,44 +233,46 @@ class ColorizationTask(PretextTask):
 
     # -- the step ---------------------------------------------------------------------------------
     def _predict(self, gray_input: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head output upsampled to ``size`` (float32) and the pooled last stage (for the probe)."""
+        """Head output upsampled to ``size``, channels last ``(B, h, w, Q|2)`` float32, and the
+        pooled last stage (for the probe).
+
+        Channels last because every per-pixel reduction over the bins (log-softmax, gather, argmax,
+        annealed mean) then runs along the contiguous dimension.
+        """
         stages = self.backbone.stage_outputs(gray_input)
         raw = self.head(stages[self.stage_index]).float()  # float32 from here on, also under bf16 autocast
-        prediction = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
-        return prediction, self.backbone.pool(stages[-1])
+        return bilinear_to_channels_last(raw, size), self.backbone.pool(stages[-1])
 
     def decode(self, prediction: torch.Tensor) -> torch.Tensor:
-        """Head output ``(B, Q|2, h, w)`` → ab ``(B, 2, h, w)`` (annealed mean for classification)."""
+        """Head output ``(B, h, w, Q|2)`` → ab ``(B, 2, h, w)`` (annealed mean for classification)."""
         if self.head_kind == "classification":
-            return color.annealed_mean(prediction, self.bin_centres, self.temperature)
-        return prediction.float() * self.regression_scale
+            return color.annealed_mean(prediction, self.bin_centres, self.temperature, dim=-1)
+        return prediction.float().permute(0, 3, 1, 2) * self.regression_scale
 
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
         lab = color.rgb_to_lab(images)
         target_ab, colourful = self._targets(lab)
         target_size = (target_ab.shape[-2], target_ab.shape[-1])
-        prediction, features = self._predict(lab[:, :1] / 50.0 - 1.0, target_size)
-        valid = colourful.float()[:, None, None].expand(-1, *target_ab.shape[-2:])  # (B, h, w)
+        prediction, features = self._predict(lab[:, :1] / 50.0 - 1.0, target_size)  # (B, h, w, Q|2)
+        valid = colourful.float()[:, None, None].expand(-1, *target_size)  # (B, h, w)
         valid_count = valid.sum().clamp(min=1.0)
         metrics: dict[str, torch.Tensor] = {}
 
         if self.head_kind == "classification":
             indices, soft_weights = color.soft_encode(target_ab, self.bin_centres, self.soft_neighbours,
-                                                      self.soft_sigma, grid=self.ab_grid)
-            # bins stay at dim 1 throughout: gathering there avoids a channels-last copy of the logits
-            indices, soft_weights = indices.permute(0, 3, 1, 2), soft_weights.permute(0, 3, 1, 2)  # (B, K, h, w)
-            log_probs = F.log_softmax(prediction, dim=1)
-            cross_entropy = -(soft_weights * log_probs.gather(1, indices)).sum(1)  # (B, h, w)
-            nearest = indices[:, 0]
+                                                      self.soft_sigma, grid=self.ab_grid)  # (B, h, w, K)
+            log_probs = F.log_softmax(prediction, dim=-1)
+            cross_entropy = -(soft_weights * log_probs.gather(-1, indices)).sum(-1)  # (B, h, w)
+            nearest = indices[..., 0]
             pixel_weights = self.bin_weights[nearest]  # rebalancing by the nearest bin
             loss = (cross_entropy * pixel_weights * valid).sum() / valid_count
-            hits = (prediction.detach().argmax(dim=1) == nearest).float()
+            hits = (prediction.detach().argmax(dim=-1) == nearest).float()
             metrics["acc"] = (hits * valid).sum() / valid_count
             if not self.training:
                 mode_hits = (nearest == self.prior.argmax()).float()
                 metrics["acc_mode_baseline"] = (mode_hits * valid).sum() / valid_count
         else:
-            squared = (prediction - target_ab / self.regression_scale).pow(2).mean(dim=1)  # per ab component
+            squared = (prediction.permute(0, 3, 1, 2) - target_ab / self.regression_scale).pow(2).mean(dim=1)
             loss = (squared * valid).sum() / valid_count
 
         if not self.training:
