@@ -37,6 +37,7 @@ BAD_INPUTS: list[tuple[list[str], list[str]]] = [
     (["task.optimizer.lr=0"], ["task.optimizer.lr=0", "number > 0"]),
     (["task.optimizer.lr=-0.1"], ["task.optimizer.lr=-0.1", "number > 0"]),
     (["task.probe_lr=-1"], ["task.probe_lr=-1", "number > 0"]),
+    (["task.online_probe_features=tiles"], ["task.online_probe_features='tiles'", "one of"]),
     (["task.optimizer.momentum=1.5"], ["task.optimizer.momentum=1.5", "[0, 1)"]),
     (["task=mae", "backbone=vit_tiny", "task.mask_ratio=1.5"], ["task.mask_ratio=1.5", "(0, 1)"]),
     (["task=mae", "backbone=vit_tiny", "task.mask_ratio=0"], ["task.mask_ratio=0", "(0, 1)"]),

@@ -225,10 +225,12 @@ def test_a_transformer_backbone_is_refused() -> None:
 
 
 def test_short_run_on_synthetic_learns_well_above_chance(make_config) -> None:
-    # 10 permutations (chance 0.10), tiles fed as cut (8 px, the default): 2 epochs x 4 steps.
-    # Measured val_acc 0.91 (seed 0) and 0.88 (seed 1), train_loss 0.63 / 0.65: the 3x-chance bar
-    # leaves a wide margin for other seeds and machines while a non-learning task fails it.
-    cfg = make_config(["task=jigsaw", "task.num_permutations=10", "trainer.max_epochs=2"])
+    # 10 permutations (chance 0.10), tiles fed as cut (8 px, the default): 3 epochs x 4 steps.
+    # Measured 2026-12-01 on the current scenes (seed 0): val_acc 0.48, train_loss 1.46. At 2 epochs
+    # it was 0.31 with the whole-image online probe and 0.27 with the tile-mean probe (the probe's
+    # extra train-mode pass had been warming the BN running statistics), too close to the 3x-chance
+    # bar; a non-learning task stays near 0.10 however long it runs.
+    cfg = make_config(["task=jigsaw", "task.num_permutations=10", "trainer.max_epochs=3"])
     results = run(cfg)
     assert results["status"] == "ok"
     assert results["chance_accuracy"] == pytest.approx(0.1)

@@ -208,6 +208,7 @@ RULES: tuple[Rule, ...] = (
     Rule("task.in_channels", one_of(1, 3)),
     Rule("task.probe_lr", number(0, low_open=True)),
     Rule("task.online_probe", BOOLEAN),
+    Rule("task.online_probe_features", one_of("pretext", "images")),
     Rule("task.panel_images", integer(0)),
     Rule("task.lr_scaling", one_of("none", "linear", "sqrt")),
     Rule("task.base_batch_size", integer(1)),

@@ -32,7 +32,8 @@ class ContextTask(PretextTask):
     1×1 and a ResNet with the ImageNet stem (stride 32) reduces to a single pixel made mostly of
     zero padding, leaving the deeper stages almost no spatial signal to work with. A
     non-convolutional backbone (fixed token grid) gets its patches resized to ``image_size``.
-    The online probe and evaluation run the backbone on whole images (``clean_features=None``).
+    Evaluation runs the backbone on whole images; the online probe reads the mean of each image's
+    patch features (``online_probe_features: pretext``) or, with ``images``, whole images too.
 
     Chromatic-aberration countermeasures (the network must not read absolute position off colour
     fringes): ``color_drop`` (per patch, 2 of 3 channels become Gaussian noise),
@@ -121,7 +122,8 @@ class ContextTask(PretextTask):
         centre_features, neighbour_features = features.chunk(2)
         logits = self.head(torch.cat([centre_features, neighbour_features], dim=1))
         loss = nn.functional.cross_entropy(logits.float(), pairs.labels)
-        return PretextOutput(loss=loss, metrics={"acc": accuracy(logits, pairs.labels)})
+        return PretextOutput(loss=loss, metrics={"acc": accuracy(logits, pairs.labels)},
+                             pretext_features=_per_image_mean(features, pairs.image_index.repeat(2), len(images)))
 
     def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Row 1: the image with the centre (red) and neighbour (green) outlined; rows 2–3: the patches."""
@@ -136,6 +138,13 @@ class ContextTask(PretextTask):
         centre = nn.functional.interpolate(pairs.centre, size=size, mode="nearest")
         neighbour = nn.functional.interpolate(pairs.neighbour, size=size, mode="nearest")
         return {"context_pairs": stack_rows(outlined, centre, neighbour)}
+
+
+def _per_image_mean(features: torch.Tensor, image_index: torch.Tensor, num_images: int) -> torch.Tensor:
+    """``(N, D)`` patch features of images ``image_index`` ``(N,)`` → ``(B, D)`` per-image means."""
+    sums = features.new_zeros(num_images, features.shape[-1]).index_add_(0, image_index, features)
+    counts = torch.bincount(image_index, minlength=num_images).clamp(min=1).to(features.dtype)
+    return sums / counts[:, None]
 
 
 def _outline_mask(top_left: torch.Tensor, patch: int, size: torch.Size) -> torch.Tensor:

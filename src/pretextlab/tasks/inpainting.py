@@ -25,6 +25,7 @@ class InpaintingBatch:
     hole: torch.Tensor
     border: torch.Tensor
     prediction: torch.Tensor
+    stage_map: torch.Tensor | None = None  # the encoder stage's output on the masked input
 
     @property
     def filled(self) -> torch.Tensor:
@@ -194,7 +195,7 @@ class InpaintingTask(PretextTask):
         border = overlap_border(hole, self.border_width)
         masked_input = target.masked_fill(hole, 0.0)  # 0 = the dataset mean after normalisation
         stage_map = self.backbone.stage_outputs(masked_input)[self.encoder_stage_index]
-        return InpaintingBatch(target, masked_input, hole, border, self.decoder(stage_map))
+        return InpaintingBatch(target, masked_input, hole, border, self.decoder(stage_map), stage_map)
 
     def generator_losses(self, batch: InpaintingBatch) -> PretextOutput:
         # float32 for every loss: under 16-bit autocast squared errors and their sums lose digits.
@@ -213,13 +214,18 @@ class InpaintingTask(PretextTask):
             "relative_mse": (masked_mse / baseline_mse.clamp_min(1e-12)).detach(),
         }
         terms = {"reconstruction": reconstruction}
+        # the masked images' pooled features: what the online probe reads under "pretext" (only when
+        # the decoder hangs off the last stage, whose pooling is the backbone's feature)
+        last_stage = self.encoder_stage_index == len(self.backbone.stage_names) - 1
+        pretext_features = (self.backbone.pool(batch.stage_map) if last_stage and batch.stage_map is not None
+                            else None)
         if self.discriminator is None:
-            return PretextOutput(loss=reconstruction, metrics=metrics, terms=terms)
+            return PretextOutput(loss=reconstruction, metrics=metrics, terms=terms, pretext_features=pretext_features)
         fake_logits = self.discriminator(batch.filled, batch.hole).float()
         adversarial = nn.functional.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
         terms["adversarial"] = adversarial
         loss = self.reconstruction_weight * reconstruction + self.adversarial_weight * adversarial
-        return PretextOutput(loss=loss, metrics=metrics, terms=terms)
+        return PretextOutput(loss=loss, metrics=metrics, terms=terms, pretext_features=pretext_features)
 
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
         """Generator losses without any optimiser step (what validation uses)."""
@@ -246,7 +252,7 @@ class InpaintingTask(PretextTask):
         output = self.generator_losses(generated)
         self._check_finite(output)
         self._log_pretext(output, "train", len(images))
-        probe_loss = self._probe_loss(output.clean_features, images, labels, "train")
+        probe_loss = self._probe_loss(output, images, labels, "train")
         generator_optimizer.zero_grad()
         self.manual_backward(output.loss + probe_loss)
         generator_optimizer.step()

@@ -42,8 +42,9 @@ class JigsawTask(PretextTask):
     about 1.6× slower. Try it on real data, where tiles carry more detail.
 
     Tiles are standardised on their own (``normalize_tiles``) or, if that is off, with the
-    dataset's channel statistics like whole images. The online probe and evaluation run the
-    backbone on whole images with the default channel normalisation (``clean_features=None``).
+    dataset's channel statistics like whole images. Evaluation runs the backbone on whole images
+    with the default channel normalisation; the online probe reads the mean of each puzzle's tile
+    features (``online_probe_features: pretext``) or, with ``images``, whole images too.
 
     The task needs a convolutional backbone: tiles are small and of a size unrelated to the
     dataset's image size, which convnets accept at any size but fixed-size ViTs do not.
@@ -123,9 +124,11 @@ class JigsawTask(PretextTask):
         )
         batch, tiles = puzzles.shape[:2]
         features = self.backbone(self.encoder_input(puzzles))  # one pass over all B·K tiles
-        logits = self.head(features.view(batch, tiles * features.shape[-1]))
+        per_puzzle = features.view(batch, tiles, features.shape[-1])
+        logits = self.head(per_puzzle.flatten(1))
         loss = nn.functional.cross_entropy(logits, targets)
-        return PretextOutput(loss=loss, metrics={"acc": accuracy(logits, targets)})
+        return PretextOutput(loss=loss, metrics={"acc": accuracy(logits, targets)},
+                             pretext_features=per_puzzle.mean(dim=1))
 
     def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Rows: the original, its tiles in place (gaps, grayscale, jitter visible), the shuffled puzzle."""

@@ -61,8 +61,9 @@ class MAETask(PretextTask):
     of each patch, themselves standardised per patch when ``norm_pix_loss`` (MAE's better
     variant). Logged metrics on the same targets: ``mse`` (the loss) and ``baseline_mse``, the
     error of predicting the batch mean of the masked targets for every masked patch — a
-    reconstruction is useful only well below it. The online probe runs the encoder on the full,
-    unmasked image.
+    reconstruction is useful only well below it. The online probe reads the encoder's pooled
+    visible tokens (``online_probe_features: pretext``) or, with ``images``, runs the encoder on the
+    full, unmasked image.
     """
 
     requires = "transformer"
@@ -107,12 +108,16 @@ class MAETask(PretextTask):
             heads=decoder_heads,
         )
 
-    def reconstruct(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask, encode the visible patches, decode all: ``(predictions (B, N, P), mask (B, N))``."""
+    def reconstruct(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mask, encode the visible patches, decode all.
+
+        Returns ``predictions (B, N, P)``, ``mask (B, N)`` and the encoder's output on the visible
+        tokens ``(B, 1 + K, D)``.
+        """
         tokens = self.backbone.embed(inputs)
         masked = random_masking(tokens, self.mask_ratio)
         encoded = self.backbone.encode_tokens(masked.kept)
-        return self.decoder(encoded, masked.ids_restore), masked.mask
+        return self.decoder(encoded, masked.ids_restore), masked.mask, encoded
 
     def targets(self, inputs: torch.Tensor) -> torch.Tensor:
         patches = patchify(inputs, self.patch_size)
@@ -120,19 +125,20 @@ class MAETask(PretextTask):
 
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
         inputs = self.backbone_input(images)
-        predictions, mask = self.reconstruct(inputs)
+        predictions, mask, encoded = self.reconstruct(inputs)
         # float32 for the loss: under 16-bit autocast squared errors and their sums lose digits.
         predictions, targets = predictions.float(), self.targets(inputs.float())
         loss = masked_patch_mse(predictions, targets, mask.float())
         with torch.no_grad():
             baseline = mean_prediction_mse(targets, mask)
-        return PretextOutput(loss=loss, metrics={"mse": loss.detach(), "baseline_mse": baseline})
+        return PretextOutput(loss=loss, metrics={"mse": loss.detach(), "baseline_mse": baseline},
+                             pretext_features=self.backbone.pool(encoded))
 
     def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         from pretextlab.viz import stack_rows
 
         inputs = self.backbone_input(images)
-        predictions, mask = self.reconstruct(inputs)
+        predictions, mask, _ = self.reconstruct(inputs)
         original = patchify(inputs, self.patch_size)
         if self.norm_pix_loss:  # predictions are per-patch standardised: show them at the true patch's scale
             predictions = denormalize_patches(predictions, original)

@@ -54,7 +54,7 @@ class MultiTask(PretextTask):
     Logged per member ``m``: its metrics as ``<m>_<metric>`` (e.g. ``rotation_acc``) and its
     unweighted loss as the loss term ``<m>`` (``pretext/train_loss_<m>``); every term is checked
     for NaN/Inf. Clean images enter the backbone the way the first member feeds them (the probe and
-    evaluation use that), and the first member's ``clean_features`` are reused by the probe.
+    evaluation use that), and the first member's ``clean_features`` / ``pretext_features`` are reused by the probe.
     """
 
     def __init__(self, members: Mapping[str, Any], **kwargs: Any) -> None:
@@ -171,7 +171,7 @@ class MultiTask(PretextTask):
         total = images.new_zeros(())
         metrics: dict[str, torch.Tensor] = {}
         terms: dict[str, torch.Tensor] = {}
-        clean_features = None
+        first_output: PretextOutput | None = None
         for name, member in self.members.items():
             output = member.pretext_step(images, labels)
             total = total + self.member_weights[name] * output.loss
@@ -179,8 +179,10 @@ class MultiTask(PretextTask):
             terms.update({f"{name}_{term}": value for term, value in output.terms.items()})
             metrics.update({f"{name}_{metric}": value for metric, value in output.metrics.items()})
             if member is self.first_member:
-                clean_features = output.clean_features
-        return PretextOutput(loss=total, metrics=metrics, terms=terms, clean_features=clean_features)
+                first_output = output
+        assert first_output is not None
+        return PretextOutput(loss=total, metrics=metrics, terms=terms, clean_features=first_output.clean_features,
+                             pretext_features=first_output.pretext_features)
 
     def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         panels: dict[str, torch.Tensor] = {}
