@@ -5,11 +5,15 @@ backward + optimizer step) on a batch of clean images, and time a plain supervis
 linear head + cross-entropy + backward + step) on random tensors of exactly the shape(s) the task fed
 its backbone. The ratio is what the pretext logic costs around the backbone; target <= 1.15.
 
-The task step is timed twice: as trained (with the online linear probe, whose no-grad forward on the
-clean images is extra work for tasks that feed the backbone tiles or patches) and with
-``task.online_probe=false``, which isolates the pretext logic itself.
+The task step is timed three times: as configured by default (online probe on the features the
+step computed anyway: ``task.online_probe_features=pretext``), with the probe on whole images
+(``images``: one more no-grad backbone pass for tasks that feed the backbone tiles, patches or
+masked inputs) and with ``task.online_probe=false``, which isolates the pretext logic itself.
+``--override`` applies extra task overrides to every measurement (e.g. ``task.head_hidden=0`` to
+see what a task's own head costs).
 
     .venv/bin/python benchmarks/bench_step_overhead.py [--batch 128] [--repeats 5] [--tasks rotation,jigsaw]
+        [--override task.head_hidden=0 ...]
 """
 
 from __future__ import annotations
@@ -20,15 +24,8 @@ import time
 import torch
 from hydra.utils import instantiate
 
-from hydra import compose, initialize_config_dir
-
 from pretextlab.backbones import build_backbone
-from pretextlab.config import config_dir
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+from pretextlab.config import compose_train
 
 BACKBONE_FOR = {"mae": "vit_tiny"}
 
@@ -54,10 +51,9 @@ def _paired_times(task_step, reference_step, repeats: int) -> tuple[float, float
 
 
 def measure(task_name: str, batch: int, repeats: int,
-            online_probe: bool = True) -> tuple[float, float, float, list[tuple[int, ...]]]:
+            overrides: list[str]) -> tuple[float, float, float, list[tuple[int, ...]]]:
     backbone_option = BACKBONE_FOR.get(task_name, "convnet")
-    cfg = compose_config([f"task={task_name}", f"backbone={backbone_option}",
-                          f"task.online_probe={str(online_probe).lower()}"])
+    cfg = compose_train([f"task={task_name}", f"backbone={backbone_option}", *overrides])
     backbone = instantiate(cfg.backbone)
     task = instantiate(cfg.task, backbone=backbone, num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                        image_size=32, _convert_="all")
@@ -115,16 +111,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tasks", default="rotation,jigsaw,colorization,context,inpainting,mae,supervised")
+    parser.add_argument("--override", nargs="*", default=[], help="extra overrides for every measurement")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"batch {args.batch}, 32 px, threads {torch.get_num_threads()}, median of {args.repeats} alternating task/reference pairs (ratio: median of per-pair ratios)")
-    print(f"{'task':<14}{'step (s)':>10}{'no probe (s)':>14}{'supervised (s)':>16}{'ratio':>8}"
-          f"{'ratio no probe':>16}  backbone inputs")
+    print(f"batch {args.batch}, 32 px, threads {torch.get_num_threads()}, median of {args.repeats} alternating "
+          f"task/reference pairs (ratio: median of per-pair ratios); overrides {args.override or 'none'}")
+    print(f"{'task':<14}{'step (s)':>10}{'supervised (s)':>16}{'ratio':>8}{'ratio, probe on images':>24}"
+          f"{'ratio, no probe':>17}  backbone inputs")
     for name in args.tasks.split(","):
-        task_time, reference_time, ratio, shapes = measure(name, args.batch, args.repeats)
-        bare_time, _, bare_ratio, _ = measure(name, args.batch, args.repeats, online_probe=False)
-        print(f"{name:<14}{task_time:>10.3f}{bare_time:>14.3f}{reference_time:>16.3f}"
-              f"{ratio:>8.2f}{bare_ratio:>16.2f}  {shapes}")
+        task_time, reference_time, ratio, shapes = measure(name, args.batch, args.repeats, args.override)
+        _, _, images_ratio, _ = measure(name, args.batch, args.repeats,
+                                        [*args.override, "task.online_probe_features=images"])
+        _, _, bare_ratio, _ = measure(name, args.batch, args.repeats, [*args.override, "task.online_probe=false"])
+        print(f"{name:<14}{task_time:>10.3f}{reference_time:>16.3f}{ratio:>8.2f}{images_ratio:>24.2f}"
+              f"{bare_ratio:>17.2f}  {shapes}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from pretextlab.backbones.base import Backbone
-from pretextlab.config import config_dir
+from pretextlab.config import compose_train
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -57,11 +56,9 @@ TINY_LINEAR = [
 def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None,
                    tiny: bool = True) -> DictConfig:
     """Compose ``conf/train.yaml`` as the command line would, with TINY settings first."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=(TINY if tiny else []) + list(overrides or []))
-        if tiny and "linear" in (cfg.eval.protocols or {}):
-            cfg = compose(config_name="train", overrides=TINY + TINY_LINEAR + list(overrides or []))
+    cfg = compose_train((TINY if tiny else []) + list(overrides or []))
+    if tiny and "linear" in (cfg.eval.protocols or {}):
+        cfg = compose_train(TINY + TINY_LINEAR + list(overrides or []))
     if run_dir is not None:
         with open_dict(cfg):
             cfg.paths.run_dir = str(run_dir)

@@ -320,3 +320,22 @@ def test_short_synthetic_run_beats_the_mean_colour_baseline(make_config, tmp_pat
     assert pretext["val_ab_mse"] < 0.7 * pretext["val_ab_mse_mean_baseline"], pretext
     if head == "classification":
         assert pretext["val_acc"] > 2 * pretext["val_acc_mode_baseline"], pretext
+
+
+def test_sparse_soft_cross_entropy_matches_log_softmax_gather_in_value_and_gradient():
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(4, 3, 3, 20, generator=generator) * 5
+    indices = torch.stack([torch.randperm(20, generator=generator)[:5] for _ in range(36)]).view(4, 3, 3, 5)
+    weights = torch.softmax(torch.randn(4, 3, 3, 5, generator=generator), dim=-1)
+    upstream = torch.randn(4, 3, 3, generator=generator)
+    ours_input, reference_input = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss, argmax = color.sparse_soft_cross_entropy(ours_input, indices, weights)
+    reference = -(weights * torch.log_softmax(reference_input, dim=-1).gather(-1, indices)).sum(-1)
+    assert torch.allclose(loss, reference, atol=1e-5)
+    assert torch.equal(argmax, logits.argmax(dim=-1))
+    (loss * upstream).sum().backward()
+    (reference * upstream).sum().backward()
+    assert ours_input.grad is not None and reference_input.grad is not None
+    assert torch.allclose(ours_input.grad, reference_input.grad, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        color.sparse_soft_cross_entropy(logits, indices[..., :4], weights)

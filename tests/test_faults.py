@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 import pretextlab.io as pio
-from pretextlab.config import ConfigError, config_dir
+from pretextlab.config import ConfigError, compose_train
 from pretextlab.tasks import PretextOutput, RotationTask
 from tests.conftest import FAST_RUN
 from pretextlab.train import ExistingResultsError, _record_failure, main, run
@@ -44,12 +42,10 @@ def test_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_records_the_f
     monkeypatch.setattr(RotationTask, "pretext_step", poisoned)
     # Through the CLI entry point itself (Hydra passes a ready config straight through), so the
     # one-line message and the recorded failure are what a user would get.
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        # save_top_k=1: with Lightning 2.6, save_top_k=0 + save_last=true writes last.ckpt only when
-        # training ends, never after an epoch (conf/train.yaml needs the same change).
-        cfg = compose(config_name="train", overrides=FAST + ["trainer.max_epochs=2", "callbacks.checkpoint.save_top_k=1"],
-                      return_hydra_config=True)
+    # save_top_k=1: with Lightning 2.6, save_top_k=0 + save_last=true writes last.ckpt only when
+    # training ends, never after an epoch (conf/train.yaml needs the same change).
+    cfg = compose_train(FAST + ["trainer.max_epochs=2", "callbacks.checkpoint.save_top_k=1"],
+                        return_hydra_config=True)
     run_dir = tmp_path / "run"
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)

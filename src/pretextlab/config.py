@@ -64,6 +64,18 @@ def config_dir() -> Path:
     return project_root() / "conf"
 
 
+def compose_train(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` as the command line would (Hydra's compose
+    API), outside a Hydra app: for tests, benchmarks and notebooks. Clears any Hydra instance first.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))

@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import pretextlab
+from pretextlab.backbones.base import Backbone
 from pretextlab.config import ConfigError, config_dir, project_root, redact, validate_config
 from pretextlab.evaluation.runner import evaluate
 from pretextlab.io import atomic_write_json
@@ -190,7 +191,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def compile_backbone(backbone: torch.nn.Module) -> torch.nn.Module:
+def compile_backbone(backbone: Backbone) -> Backbone:
     """``torch.compile`` the backbone's stage computation where it works; warn and go on where not."""
     try:
         import torch._dynamo

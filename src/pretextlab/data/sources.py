@@ -169,7 +169,7 @@ class ImageFolderSource(DataSource):
 
     def _statistics(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         pixels = self.load("train").images[:10000].float().div(255).permute(1, 0, 2, 3).reshape(3, -1)
-        return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())  # type: ignore[return-value]
+        return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
 
     def _load(self, split: SplitName) -> Split:
         from pretextlab.data.imagefolder import DECODE_VERSION, decode_files
@@ -257,7 +257,7 @@ class TorchvisionSource(DataSource):
         self.root = Path(root).expanduser()
         self.download = download
         mean, std, classes, native = self._STATS[name]
-        self.mean, self.std, self.num_classes = mean, std, classes  # type: ignore[assignment]
+        self.mean, self.std, self.num_classes = mean, std, classes
         self.image_size = image_size or native
         self._cache_splits: dict[str, Split] = {}
 

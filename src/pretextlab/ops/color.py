@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -303,6 +304,54 @@ def densify(indices: torch.Tensor, weights: torch.Tensor, num_bins: int) -> torc
     dense = weights.new_zeros(*indices.shape[:-1], num_bins)
     dense.scatter_(-1, indices, weights)
     return dense.permute(0, 3, 1, 2)
+
+
+class _SparseSoftCrossEntropy(torch.autograd.Function):
+    """Cross-entropy against soft targets that are non-zero on K of Q classes, in three passes.
+
+    ``-Σ_k w_k log softmax(z)[i_k] = logsumexp(z) · Σ_k w_k - Σ_k w_k z[i_k]``. The forward pass
+    reads the logits twice (max with its argmax, then the exponential sum) and never writes a
+    ``(…, Q)`` tensor; the backward pass writes the one gradient ``softmax(z) · Σw - scatter(w)``.
+    The autograd composition ``log_softmax → gather`` instead writes the log-probabilities, a
+    zero-filled ``(…, Q)`` gather gradient and the softmax gradient: about twice the memory traffic.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, indices: torch.Tensor,
+                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        peak, argmax = logits.max(dim=-1, keepdim=True)
+        log_sum = (logits - peak).exp_().sum(dim=-1, keepdim=True).log_().add_(peak)  # logsumexp
+        loss = log_sum.squeeze(-1) * weights.sum(-1) - (weights * logits.gather(-1, indices)).sum(-1)
+        ctx.save_for_backward(logits, log_sum, indices, weights)
+        ctx.mark_non_differentiable(argmax)
+        return loss, argmax.squeeze(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_argmax: torch.Tensor | None) -> Any:
+        logits, log_sum, indices, weights = ctx.saved_tensors
+        grad_loss = grad_loss.unsqueeze(-1)
+        grad = (logits - log_sum).exp_().mul_(grad_loss * weights.sum(-1, keepdim=True))
+        grad.scatter_add_(-1, indices, -weights * grad_loss)
+        return grad, None, None
+
+
+def sparse_soft_cross_entropy(logits: torch.Tensor, indices: torch.Tensor,
+                              weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy of ``logits`` ``(..., Q)`` against sparse soft targets, and the argmax.
+
+    ``indices`` ``(..., K)`` (int64) and ``weights`` ``(..., K)`` are the targets as
+    :func:`soft_encode` gives them: row r's target puts ``weights[r, k]`` on class
+    ``indices[r, k]`` (no weight for ``weights``: it is a target). Returns the loss ``(...)``,
+    equal to ``-(weights * log_softmax(logits).gather(-1, indices)).sum(-1)``, and
+    ``logits.argmax(-1)`` ``(...)``, which the forward pass finds anyway (for accuracy metrics).
+    Computed in float32, also under autocast.
+    """
+    if indices.shape != weights.shape or indices.shape[:-1] != logits.shape[:-1]:
+        raise ValueError(f"sparse targets {tuple(indices.shape)} / weights {tuple(weights.shape)} do not match "
+                         f"logits {tuple(logits.shape)} (..., Q) with (..., K) targets")
+    with _exact_float(logits):
+        loss, argmax = _SparseSoftCrossEntropy.apply(logits.float(), indices, weights.float().detach())
+    return loss, argmax
 
 
 def bin_histogram(bin_indices: torch.Tensor, num_bins: int) -> torch.Tensor:

@@ -103,7 +103,9 @@ class PretextTask(L.LightningModule):
     #: "convnet" (any backbone with spatial maps), "transformer", or "any".
     requires: str = "any"
 
-    mean: torch.Tensor  # buffers: declared so that type checkers see tensors, not Module | Tensor
+    # Declared so that type checkers see these types rather than nn.Module's "Tensor | Module".
+    backbone: Backbone
+    mean: torch.Tensor  # buffers
     std: torch.Tensor
 
     def __init__(

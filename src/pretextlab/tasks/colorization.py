@@ -261,12 +261,11 @@ class ColorizationTask(PretextTask):
         if self.head_kind == "classification":
             indices, soft_weights = color.soft_encode(target_ab, self.bin_centres, self.soft_neighbours,
                                                       self.soft_sigma, grid=self.ab_grid)  # (B, h, w, K)
-            log_probs = F.log_softmax(prediction, dim=-1)
-            cross_entropy = -(soft_weights * log_probs.gather(-1, indices)).sum(-1)  # (B, h, w)
+            cross_entropy, predicted_bin = color.sparse_soft_cross_entropy(prediction, indices, soft_weights)
             nearest = indices[..., 0]
             pixel_weights = self.bin_weights[nearest]  # rebalancing by the nearest bin
             loss = (cross_entropy * pixel_weights * valid).sum() / valid_count
-            hits = (prediction.detach().argmax(dim=-1) == nearest).float()
+            hits = (predicted_bin == nearest).float()
             metrics["acc"] = (hits * valid).sum() / valid_count
             if not self.training:
                 mode_hits = (nearest == self.prior.argmax()).float()

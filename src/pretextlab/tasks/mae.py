@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pretextlab.backbones.vit import init_transformer_weights, sincos_position_embedding
+from pretextlab.backbones.vit import VisionTransformer, init_transformer_weights, sincos_position_embedding
 from pretextlab.ops.tokens import (
     denormalize_patches,
     masked_patch_mse,
@@ -29,6 +29,8 @@ class MAEDecoder(nn.Module):
     Takes the encoder's ``(B, 1 + K, D)`` output (CLS first) and the restore indices of the
     masking; returns ``(B, N, patch_values)`` predictions for every patch in the original order.
     """
+
+    pos_embed: torch.Tensor  # a buffer
 
     def __init__(self, encoder_dim: int, grid_size: tuple[int, int], patch_values: int,
                  dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
@@ -82,13 +84,13 @@ class MAETask(PretextTask):
             raise TaskConfigError(
                 f"task.decoder_dim={decoder_dim} must be a multiple of 4 and of task.decoder_heads={decoder_heads}"
             )
-        backbone = self.backbone
         for needed in ("embed", "encode_tokens", "patch_size", "grid_size"):
-            if not hasattr(backbone, needed):
+            if not hasattr(self.backbone, needed):
                 raise TaskConfigError(
                     f"MAETask needs a ViT backbone exposing {needed!r} (pretextlab's backbone=vit_*), "
-                    f"got {type(backbone).__name__}"
+                    f"got {type(self.backbone).__name__}"
                 )
+        backbone = self.vit
         num_patches = backbone.grid_size[0] * backbone.grid_size[1]
         kept = num_kept_tokens(num_patches, mask_ratio)
         if kept < 1 or kept == num_patches:
@@ -108,15 +110,20 @@ class MAETask(PretextTask):
             heads=decoder_heads,
         )
 
+    @property
+    def vit(self) -> VisionTransformer:
+        """The backbone with its ViT interface (checked in ``__init__`` by duck typing)."""
+        return cast(VisionTransformer, self.backbone)
+
     def reconstruct(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mask, encode the visible patches, decode all.
 
         Returns ``predictions (B, N, P)``, ``mask (B, N)`` and the encoder's output on the visible
         tokens ``(B, 1 + K, D)``.
         """
-        tokens = self.backbone.embed(inputs)
+        tokens = self.vit.embed(inputs)
         masked = random_masking(tokens, self.mask_ratio)
-        encoded = self.backbone.encode_tokens(masked.kept)
+        encoded = self.vit.encode_tokens(masked.kept)
         return self.decoder(encoded, masked.ids_restore), masked.mask, encoded
 
     def targets(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -147,7 +154,7 @@ class MAETask(PretextTask):
         blanked = torch.where(visible, original, torch.zeros_like(original))  # 0 = the dataset mean
 
         def to_images(patches: torch.Tensor) -> torch.Tensor:
-            channel_normalised = unpatchify(patches, self.patch_size, inputs.shape[1], self.backbone.grid_size)
+            channel_normalised = unpatchify(patches, self.patch_size, inputs.shape[1], self.vit.grid_size)
             return channel_normalised * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)
 
         return {"mae": stack_rows(to_images(blanked), to_images(pasted), images)}

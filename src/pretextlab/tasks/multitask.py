@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -66,7 +66,7 @@ class MultiTask(PretextTask):
                 "_partial_: true}}}"
             )
         in_channels = int(self.hparams["in_channels"])
-        self.members = torch.nn.ModuleDict()
+        self.members: dict[str, PretextTask] = torch.nn.ModuleDict()  # type: ignore[assignment]  # of tasks
         self.member_weights: dict[str, float] = {}
         described: dict[str, Any] = {}
         for name, spec in members.items():
@@ -86,13 +86,13 @@ class MultiTask(PretextTask):
             )
         # The saved hyper-parameters hold plain data only, so checkpoints load with weights_only=True.
         self.hparams["members"] = described
-        self._hparams_initial["members"] = described
+        cast("dict[str, Any]", self._hparams_initial)["members"] = described  # an AttributeDict, untyped
         self.first_member_name = next(iter(self.members))
 
     @property
     def first_member(self) -> PretextTask:
         # A property, not an attribute: assigning a module would register it a second time.
-        return self.members[self.first_member_name]  # type: ignore[return-value]
+        return self.members[self.first_member_name]
 
     @staticmethod
     def _parse_member(name: str, spec: Any) -> tuple[float, Callable[..., PretextTask]]:
