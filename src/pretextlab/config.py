@@ -19,7 +19,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,22 @@ def redact(value: Any, secrets: list[str] | None = None) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact(item, secrets) for item in value)
     return value
+
+
+#: Config keys whose string values are credentials whatever they hold.
+SECRET_KEY_MARKERS = ("key", "token", "secret", "password")
+
+
+def scrub(value: Any) -> Any:
+    """:func:`redact`, and also every non-empty string under a key that names a credential
+    (``api_key``, ``token``, ...): for configs and metadata that are written out or logged."""
+    if isinstance(value, Mapping):
+        return {key: (REDACTED if isinstance(item, str) and item and any(
+            marker in str(key).lower() for marker in SECRET_KEY_MARKERS) else scrub(item))
+            for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(scrub(item) for item in value)
+    return redact(value)
 
 
 # -- accepted values ----------------------------------------------------------------------------

@@ -22,25 +22,13 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from pretextlab.config import REDACTED, redact
+from pretextlab.config import redact, scrub
 
 log = logging.getLogger(__name__)
 
-#: Config keys whose string values are credentials whatever they hold (as in ``train.resolved_config``).
-_SECRET_KEY_MARKERS = ("key", "token", "secret", "password")
 #: Seconds to wait for W&B's server before falling back to offline mode.
 REACHABILITY_TIMEOUT_S = 3.0
 _DEFAULT_WANDB_URL = "https://api.wandb.ai"
-
-
-def scrub(value: Any) -> Any:
-    """``value`` without credentials: values under key-like names, and any credential from the environment."""
-    if isinstance(value, Mapping):
-        return {key: (REDACTED if isinstance(item, str) and item and any(
-            m in str(key).lower() for m in _SECRET_KEY_MARKERS) else scrub(item)) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(scrub(item) for item in value)
-    return redact(value)
 
 
 def _has_api_key() -> bool:

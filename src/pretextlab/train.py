@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pretextlab
 from pretextlab.backbones.base import Backbone
-from pretextlab.config import ConfigError, config_dir, project_root, redact, validate_config
+from pretextlab.config import ConfigError, config_dir, project_root, redact, scrub, validate_config
 from pretextlab.evaluation.runner import evaluate
 from pretextlab.io import atomic_write_json
 from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
@@ -40,7 +40,6 @@ from pretextlab.tasks.base import NonFiniteLossError
 log = logging.getLogger("pretextlab.train")
 
 RESULTS_FILE = "results.json"
-_SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
 class ExistingResultsError(RuntimeError):
@@ -56,19 +55,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _scrub(value: Any) -> Any:
-    """Drop credentials: values of keys that look like one, and any credential from the environment.
-
-    The second catch matters because ``${oc.env:WANDB_API_KEY}`` can land under any key name.
-    """
-    if isinstance(value, dict):
-        return {k: ("<redacted>" if any(m in str(k).lower() for m in _SECRET_MARKERS) and isinstance(v, str) and v
-                    else _scrub(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    return redact(value)
-
-
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The experiment's config, resolved, without Hydra's node, paths and run-control keys, scrubbed."""
     # Resolved key by key: Hydra's own node may hold values that only exist inside a Hydra job.
@@ -78,7 +64,7 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
             continue
         value = cfg[key]
         plain[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    return _scrub(plain)
+    return scrub(plain)
 
 
 def _metric_values(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
