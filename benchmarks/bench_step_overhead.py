@@ -13,7 +13,7 @@ masked inputs) and with ``task.online_probe=false``, which isolates the pretext 
 see what a task's own head costs).
 
     .venv/bin/python benchmarks/bench_step_overhead.py [--batch 128] [--repeats 5] [--tasks rotation,jigsaw]
-        [--override task.head_hidden=0 ...]
+        [--override task.head_hidden=0 ...] [--device cuda --precision bf16-mixed]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pretextlab.config import compose_train
 BACKBONE_FOR = {"mae": "vit_tiny"}
 
 
-def _paired_times(task_step, reference_step, repeats: int) -> tuple[float, float, float]:
+def _paired_times(task_step, reference_step, repeats: int, synchronize) -> tuple[float, float, float]:
     """Median task time, median reference time and median of the per-pair ratios.
 
     The two steps alternate (task, reference, task, ...), so a burst of load from other jobs on
@@ -38,29 +38,36 @@ def _paired_times(task_step, reference_step, repeats: int) -> tuple[float, float
     """
     task_step()
     reference_step()  # warm-up
+    synchronize()
     task_times, reference_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         task_step()
+        synchronize()
         middle = time.perf_counter()
         reference_step()
+        synchronize()
         task_times.append(middle - start)
         reference_times.append(time.perf_counter() - middle)
     ratios = sorted(t / r for t, r in zip(task_times, reference_times, strict=True))
     return sorted(task_times)[repeats // 2], sorted(reference_times)[repeats // 2], ratios[repeats // 2]
 
 
-def measure(task_name: str, batch: int, repeats: int,
-            overrides: list[str]) -> tuple[float, float, float, list[tuple[int, ...]]]:
+def measure(task_name: str, batch: int, repeats: int, overrides: list[str], device: torch.device,
+            precision: str) -> tuple[float, float, float, list[tuple[int, ...]]]:
     backbone_option = BACKBONE_FOR.get(task_name, "convnet")
     cfg = compose_train([f"task={task_name}", f"backbone={backbone_option}", *overrides])
     backbone = instantiate(cfg.backbone)
     task = instantiate(cfg.task, backbone=backbone, num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                        image_size=32, _convert_="all")
-    task.train()
+    task.to(device).train()
     optimizer = torch.optim.SGD(task.parameters(), lr=1e-3, momentum=0.9)
-    images = torch.rand(batch, 3, 32, 32)
-    labels = torch.randint(0, 10, (batch,))
+    images = torch.rand(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     shapes: list[tuple[int, ...]] = []
     # Only inputs that are trained through count as "backbone inputs"; the online probe's no-grad
     # forward on clean images is part of the overhead being measured.
@@ -77,10 +84,11 @@ def measure(task_name: str, batch: int, repeats: int,
     task.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
 
     def task_step() -> None:
-        loss = task.training_step((images, labels), 0) if task.automatic_optimization else None
-        if loss is None:
-            output = task.pretext_step(images, labels)
-            loss = output.loss
+        with autocast():
+            loss = task.training_step((images, labels), 0) if task.automatic_optimization else None
+            if loss is None:
+                output = task.pretext_step(images, labels)
+                loss = output.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -90,20 +98,23 @@ def measure(task_name: str, batch: int, repeats: int,
     # MAE's encoder sees visible tokens through its own path, not backbone.forward: fall back to the
     # clean batch shape when no call was recorded.
     recorded = [s for s in shapes] or [tuple(images.shape)]
-    reference_backbone = build_backbone(**backbone.build_config)
-    head = torch.nn.Linear(reference_backbone.feature_dim, 10)
+    reference_backbone = build_backbone(**backbone.build_config).to(device)
+    head = torch.nn.Linear(reference_backbone.feature_dim, 10).to(device)
     reference_optimizer = torch.optim.SGD(list(reference_backbone.parameters()) + list(head.parameters()), lr=1e-3,
                                           momentum=0.9)
-    reference_inputs = [torch.randn(shape) for shape in recorded if len(shape) == 4]
+    reference_inputs = [torch.randn(shape, device=device) for shape in recorded if len(shape) == 4]
+    reference_targets = [torch.randint(0, 10, (x.shape[0],), device=device) for x in reference_inputs]
 
     def reference_step() -> None:
-        loss = sum(torch.nn.functional.cross_entropy(head(reference_backbone(x)),
-                                                     torch.randint(0, 10, (x.shape[0],))) for x in reference_inputs)
+        with autocast():
+            loss = sum(torch.nn.functional.cross_entropy(head(reference_backbone(x)), y)
+                       for x, y in zip(reference_inputs, reference_targets, strict=True))
         reference_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         reference_optimizer.step()
 
-    return (*_paired_times(task_step, reference_step, repeats), recorded)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    return (*_paired_times(task_step, reference_step, repeats, synchronize), recorded)
 
 
 def main() -> None:
@@ -112,17 +123,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tasks", default="rotation,jigsaw,colorization,context,inpainting,mae,supervised")
     parser.add_argument("--override", nargs="*", default=[], help="extra overrides for every measurement")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed (autocast)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"batch {args.batch}, 32 px, threads {torch.get_num_threads()}, median of {args.repeats} alternating "
-          f"task/reference pairs (ratio: median of per-pair ratios); overrides {args.override or 'none'}")
+    device = torch.device(args.device)
+    print(f"batch {args.batch}, 32 px, {device}, {args.precision}, threads {torch.get_num_threads()}, median of "
+          f"{args.repeats} alternating task/reference pairs (ratio: median of per-pair ratios); "
+          f"overrides {args.override or 'none'}")
     print(f"{'task':<14}{'step (s)':>10}{'supervised (s)':>16}{'ratio':>8}{'ratio, probe on images':>24}"
           f"{'ratio, no probe':>17}  backbone inputs")
     for name in args.tasks.split(","):
-        task_time, reference_time, ratio, shapes = measure(name, args.batch, args.repeats, args.override)
+        setting = (device, args.precision)
+        task_time, reference_time, ratio, shapes = measure(name, args.batch, args.repeats, args.override, *setting)
         _, _, images_ratio, _ = measure(name, args.batch, args.repeats,
-                                        [*args.override, "task.online_probe_features=images"])
-        _, _, bare_ratio, _ = measure(name, args.batch, args.repeats, [*args.override, "task.online_probe=false"])
+                                        [*args.override, "task.online_probe_features=images"], *setting)
+        _, _, bare_ratio, _ = measure(name, args.batch, args.repeats, [*args.override, "task.online_probe=false"],
+                                      *setting)
         print(f"{name:<14}{task_time:>10.3f}{reference_time:>16.3f}{ratio:>8.2f}{images_ratio:>24.2f}"
               f"{bare_ratio:>17.2f}  {shapes}")
 
