@@ -8,7 +8,8 @@ For batch 256 at 32 px and 96 px it prints images/s of
 - a per-image loop of ``rgb_to_lab`` (same maths, Python loop over images),
 and the ratios, plus the Lab agreement with skimage on the benchmark batch and the throughput of
 the soft encoding of the 1/4-resolution targets that colourisation computes every step (searching
-all bins, and the lattice window the task uses).
+all bins, and the lattice window the task uses), and colourisation's loss pieces around the head
+(logit upsampling + soft cross-entropy, forward and backward, at batch 128).
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def main() -> None:
         def batched() -> torch.Tensor:
             return color.rgb_to_lab(images)
 
+        def batched_unsliced() -> torch.Tensor:  # the same passes over the whole batch at once
+            slice_values, color._CPU_SLICE_VALUES = color._CPU_SLICE_VALUES, 1 << 62
+            try:
+                return color.rgb_to_lab(images)
+            finally:
+                color._CPU_SLICE_VALUES = slice_values
+
         def skimage_loop() -> torch.Tensor:
             out = [torch.from_numpy(rgb2lab(image.permute(1, 2, 0).cpu().numpy())).permute(2, 0, 1)
                    for image in images]
@@ -73,15 +81,47 @@ def main() -> None:
             return color.soft_encode(targets, centres, grid=10.0)
 
         times = {name: _best_seconds(fn, args.repeats, synchronize)
-                 for name, fn in (("batched", batched), ("skimage loop", skimage_loop), ("torch loop", torch_loop),
+                 for name, fn in (("batched", batched), ("unsliced", batched_unsliced), ("skimage loop", skimage_loop),
+                                  ("torch loop", torch_loop),
                                   ("soft encode", encode), ("soft encode windowed", encode_windowed))}
         agreement = np.abs(batched().cpu().numpy() - skimage_loop().numpy()).max()
         rate = {name: args.batch / seconds for name, seconds in times.items()}
-        print(f"{size:3d} px: batched {rate['batched']:10.0f} img/s | skimage per image {rate['skimage loop']:8.0f} "
+        print(f"{size:3d} px: batched {rate['batched']:10.0f} img/s (one slice: {rate['unsliced']:.0f}) | skimage per image {rate['skimage loop']:8.0f} "
               f"img/s (x{rate['batched'] / rate['skimage loop']:.1f}) | torch per image {rate['torch loop']:8.0f} "
               f"img/s (x{rate['batched'] / rate['torch loop']:.1f}) | max |Lab - skimage| {agreement:.1e} | "
               f"soft-encode {size // 4}x{size // 4} targets: all bins {rate['soft encode']:8.0f} img/s, "
               f"window {rate['soft encode windowed']:8.0f} img/s")
+    time_loss_pieces(128, args.repeats, synchronize, device)
+
+
+def time_loss_pieces(batch: int, repeats: int, synchronize: Callable[[], None], device: torch.device) -> None:
+    """Colourisation's per-step pieces around the head, forward + backward, old way vs the task's way."""
+    from torch.nn import functional as F
+
+    from pretextlab.ops.resize import bilinear_to_channels_last
+
+    generator = torch.Generator().manual_seed(1)
+    bins, source, target = 262, 4, 8  # 32 px images: the head's 4x4 map, 8x8 targets
+    raw = torch.randn(batch, bins, source, source, generator=generator).to(device).requires_grad_()
+    indices = torch.randint(0, bins, (batch, target, target, 5), generator=generator).to(device)
+    weights = torch.softmax(torch.randn(batch, target, target, 5, generator=generator), -1).to(device)
+
+    def interpolate_then_log_softmax() -> None:  # the previous composition, bins at dim 1
+        logits = F.interpolate(raw, size=(target, target), mode="bilinear", align_corners=False)
+        loss = -(weights.permute(0, 3, 1, 2) * F.log_softmax(logits, 1).gather(1, indices.permute(0, 3, 1, 2))).sum()
+        logits.detach().argmax(1)
+        loss.backward()
+
+    def matrix_then_fused() -> None:  # what ColorizationTask does now
+        logits = bilinear_to_channels_last(raw, (target, target))
+        loss, _ = color.sparse_soft_cross_entropy(logits, indices, weights)
+        loss.sum().backward()
+
+    old = _best_seconds(interpolate_then_log_softmax, repeats, synchronize)
+    new = _best_seconds(matrix_then_fused, repeats, synchronize)
+    print(f"colorization logits {batch}x{bins}x{source}x{source} -> {target}x{target}, soft CE + argmax, fwd+bwd: "
+          f"interpolate + log_softmax/gather {old * 1e3:.2f} ms, matrix upsample (channels last) + fused CE "
+          f"{new * 1e3:.2f} ms (x{old / new:.1f})")
 
 
 if __name__ == "__main__":
