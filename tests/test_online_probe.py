@@ -13,8 +13,8 @@ from pretextlab.tasks.base import PretextTask, TaskConfigError
 POOLING_TASKS = [("jigsaw", "convnet"), ("context", "convnet"), ("inpainting", "convnet"), ("mae", "vit_tiny")]
 
 
-def _build(make_config, task: str, backbone: str, source: str) -> PretextTask:
-    cfg = make_config([f"task={task}", f"backbone={backbone}", f"task.online_probe_features={source}"])
+def _build(make_config, task: str, backbone: str, source: str, *overrides: str) -> PretextTask:
+    cfg = make_config([f"task={task}", f"backbone={backbone}", f"task.online_probe_features={source}", *overrides])
     module = instantiate(cfg.task, backbone=instantiate(cfg.backbone), num_classes=10, mean=(0.5, 0.5, 0.5),
                          std=(0.25, 0.25, 0.25), image_size=32, _convert_="all")
     module.log = lambda *args, **kwargs: None  # no trainer attached
@@ -112,17 +112,11 @@ def test_the_probe_never_changes_the_pretrained_backbone(make_config, task_name)
     # probe. The probe is a monitor: weights AND BatchNorm running statistics must come out equal.
     states: list[dict[str, torch.Tensor]] = []
     initial: dict[str, torch.Tensor] = {}
-    for overrides in (["task.online_probe_features=images"], ["task.online_probe_features=pretext"],
-                      ["task.online_probe=false"]):
-        torch.manual_seed(0)
-        cfg = make_config([f"task={task_name}", *overrides])
-        task = instantiate(cfg.task, backbone=instantiate(cfg.backbone), num_classes=10, mean=(0.5, 0.5, 0.5),
-                           std=(0.25, 0.25, 0.25), image_size=32, _convert_="all").train()
+    for source, *overrides in (["images"], ["pretext"], ["pretext", "task.online_probe=false"]):
+        task = _build(make_config, task_name, "convnet", source, *overrides).train()
         # the same starting weights everywhere (building the probe draws random numbers)
         initial = initial or {k: v.clone() for k, v in task.state_dict().items()}
         task.load_state_dict({k: v for k, v in initial.items() if k in task.state_dict()}, strict=False)
-        task.log = lambda *args, **kwargs: None
-        task.log_dict = lambda *args, **kwargs: None
         torch.manual_seed(2)
         backbone_params = list(task.backbone.parameters())
         optimizer = torch.optim.SGD(backbone_params, lr=0.05)
