@@ -239,7 +239,7 @@ class PretextTask(L.LightningModule):
             return logits.sum() * 0.0
         loss = nn.functional.cross_entropy(logits[labelled], labels[labelled])
         metric = self.probe_train_acc if stage == "train" else self.probe_val_acc
-        metric(logits[labelled].detach(), labels[labelled])
+        metric.update(logits[labelled].detach(), labels[labelled])  # logged per epoch: no per-step value needed
         self.log(f"probe/{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=stage == "val",
                  sync_dist=stage == "val")
         return loss
