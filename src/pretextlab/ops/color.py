@@ -346,7 +346,7 @@ def sparse_soft_cross_entropy(logits: torch.Tensor, indices: torch.Tensor,
 
     ``indices`` ``(..., K)`` (int64) and ``weights`` ``(..., K)`` are the targets as
     :func:`soft_encode` gives them: row r's target puts ``weights[r, k]`` on class
-    ``indices[r, k]`` (no weight for ``weights``: it is a target). Returns the loss ``(...)``,
+    ``indices[r, k]``; being targets, the weights get no gradient. Returns the loss ``(...)``,
     equal to ``-(weights * log_softmax(logits).gather(-1, indices)).sum(-1)``, and
     ``logits.argmax(-1)`` ``(...)``, which the forward pass finds anyway (for accuracy metrics).
     Computed in float32, also under autocast.

@@ -24,19 +24,18 @@ MATRIX_MAX_SOURCE_PIXELS = 64
 
 
 @functools.lru_cache(maxsize=32)
-def _interpolation_matrix_cpu(source: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
-    """``(h·w, H·W)`` float32: row k is the bilinear resize of the k-th one-hot source pixel."""
+def interpolation_matrix(source: tuple[int, int], target: tuple[int, int], device: torch.device,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """The bilinear (``align_corners=False``) resize from ``source`` to ``target`` as a matrix.
+
+    ``(h·w, H·W)``: row k is the resize of the k-th one-hot source pixel. Cached per device and
+    dtype, so a training step does no host-to-device copy for it.
+    """
     height, width = source
     pixels = height * width
     basis = torch.eye(pixels, dtype=torch.float64).view(pixels, 1, height, width)
     resized = F.interpolate(basis, size=target, mode="bilinear", align_corners=False)
-    return resized.view(pixels, target[0] * target[1]).float()
-
-
-def interpolation_matrix(source: tuple[int, int], target: tuple[int, int], device: torch.device,
-                         dtype: torch.dtype) -> torch.Tensor:
-    """The bilinear (``align_corners=False``) resize from ``source`` to ``target`` as a matrix."""
-    return _interpolation_matrix_cpu(tuple(source), tuple(target)).to(device=device, dtype=dtype)
+    return resized.view(pixels, target[0] * target[1]).to(device=device, dtype=dtype)
 
 
 def bilinear_to_channels_last(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -6,8 +6,8 @@ its stage maps predicts, per pixel, either a distribution over the in-gamut ab b
 the simple alternative that is known to give desaturated colours).
 
 Resolution: the head predicts at its stage's resolution and the prediction is upsampled
-(bilinear, into channels-last layout) to the target resolution, ``image size / target_downsample`` (default ¼, as in the
-paper, whose network predicts 56×56 for 224 px inputs). Targets are the ab channels average-pooled
+(bilinear, into channels-last layout) to the target resolution, ``image size / target_downsample``
+(default ¼, as in the paper, whose network predicts 56×56 for 224 px inputs). Targets are the ab channels average-pooled
 to that resolution. At 32 px with the default last stage, both the convnet and the CIFAR-stem
 ResNet-18 predict at 4×4, upsampled to 8×8 targets.
 """
