@@ -77,7 +77,7 @@ def main() -> None:
         def encode() -> object:
             return color.soft_encode(targets, centres)
 
-        def encode_windowed() -> object:  # what ColorizationTask calls: the 5x5 lattice window
+        def encode_windowed() -> object:  # the 5x5 lattice window, its lattice rebuilt per call (the task keeps one)
             return color.soft_encode(targets, centres, grid=10.0)
 
         times = {name: _best_seconds(fn, args.repeats, synchronize)

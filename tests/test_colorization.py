@@ -172,6 +172,16 @@ def test_windowed_search_finds_the_same_bins_as_the_full_search(centres, neighbo
         closest_two = (centres - ab.permute(0, 2, 3, 1)[..., None, :]).pow(2).sum(-1).topk(2, largest=False).values
         untied = (closest_two[..., 1] - closest_two[..., 0]) > 1e-2
         assert torch.equal(window_indices[..., 0][untied], full_indices[..., 0][untied])
+        # a lattice built once gives exactly what building it per call gives
+        prebuilt = color.soft_encode(ab, centres, neighbours, sigma=5.0, lattice=color.bin_lattice(centres, 10.0))
+        assert torch.equal(prebuilt[0], window_indices) and torch.equal(prebuilt[1], window_weights)
+
+
+def test_the_task_builds_its_bin_lattice_once(make_config):
+    task = _build_task(make_config, [])
+    lattice = task._bin_lattice()
+    assert task._bin_lattice() is lattice
+    assert lattice.table.device == task.bin_centres.device and lattice.grid == task.ab_grid
 
 
 def test_windowed_search_refuses_centres_off_the_lattice(centres):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from collections.abc import Iterator
 from typing import Any
 
@@ -227,8 +228,38 @@ def nearest_bin(ab: torch.Tensor, centres: torch.Tensor, chunk: int = 65536) -> 
         return torch.cat(indices).view(shape)
 
 
-def _nearest_in_window(rows: torch.Tensor, centres: torch.Tensor, neighbours: int, grid: float,
-                       radius: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class BinLattice:
+    """Where the bin centres sit on their lattice ``grid · Z²``, for :func:`soft_encode`'s window search.
+
+    ``table[i, j]`` is the index of the bin at lattice point ``(low + (i, j) - radius)``, or -1; the
+    table is padded by ``radius`` on every side so that every window around a clamped cell fits.
+    Build it once with :func:`bin_lattice` (its check that the centres lie on the lattice reads a
+    value back from the device, a host sync on a GPU) and pass it to every step.
+    """
+
+    grid: float
+    radius: int
+    low: torch.Tensor  # (2,) int64: the smallest lattice coordinates of a bin
+    high: torch.Tensor  # (2,) int64: the largest
+    table: torch.Tensor  # (A, B) int64
+
+
+def bin_lattice(centres: torch.Tensor, grid: float, radius: int = 2) -> BinLattice:
+    """The :class:`BinLattice` of ``centres`` ``(Q, 2)`` (on their device) at spacing ``grid``."""
+    lattice = torch.round(centres / grid).long()  # (Q, 2)
+    if not torch.allclose(lattice.to(centres) * grid, centres, atol=1e-3):
+        raise ValueError(f"the bin centres are not on a lattice of spacing {grid}")
+    low, high = lattice.min(0).values, lattice.max(0).values
+    extent = high - low + 1 + 2 * radius
+    table = torch.full((int(extent[0]), int(extent[1])), -1, dtype=torch.long, device=centres.device)
+    table[lattice[:, 0] - low[0] + radius, lattice[:, 1] - low[1] + radius] = torch.arange(
+        len(centres), device=centres.device)
+    return BinLattice(float(grid), int(radius), low, high, table)
+
+
+def _nearest_in_window(rows: torch.Tensor, centres: torch.Tensor, neighbours: int,
+                       lattice: BinLattice) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``neighbours`` nearest centres of each row, searched in a window of the lattice only.
 
     Centres sit on the lattice ``grid · Z²``. Each row looks at the (2r+1)² lattice points around
@@ -239,14 +270,7 @@ def _nearest_in_window(rows: torch.Tensor, centres: torch.Tensor, neighbours: in
     gamut's edge, where the window holds few bins, or rows far outside the grid) are searched in
     full. Returns squared distances and indices, ``(N, neighbours)`` each, nearest first.
     """
-    lattice = torch.round(centres / grid).long()  # (Q, 2)
-    if not torch.allclose(lattice.to(centres) * grid, centres, atol=1e-3):
-        raise ValueError(f"the bin centres are not on a lattice of spacing {grid}")
-    low, high = lattice.min(0).values, lattice.max(0).values
-    extent = high - low + 1 + 2 * radius
-    table = torch.full((int(extent[0]), int(extent[1])), -1, dtype=torch.long, device=rows.device)
-    table[lattice[:, 0] - low[0] + radius, lattice[:, 1] - low[1] + radius] = torch.arange(
-        len(centres), device=rows.device)
+    grid, radius, low, high, table = lattice.grid, lattice.radius, lattice.low, lattice.high, lattice.table
     cell = torch.round(rows / grid).long()
     cell = torch.maximum(torch.minimum(cell, high), low)  # far-away rows: the fallback handles them
     steps = torch.arange(-radius, radius + 1, device=rows.device)
@@ -270,8 +294,8 @@ def _nearest_in_window(rows: torch.Tensor, centres: torch.Tensor, neighbours: in
     return nearest_sq, indices
 
 
-def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5,
-                sigma: float = 5.0, grid: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5, sigma: float = 5.0,
+                grid: float | None = None, lattice: BinLattice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zhang et al.'s soft targets: a Gaussian over the ``neighbours`` nearest bins of each pixel.
 
     ``ab`` ``(B, 2, H, W)`` → ``(indices, weights)``, both ``(B, H, W, neighbours)``; ``indices``
@@ -281,7 +305,8 @@ def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5,
 
     With ``grid`` (the spacing the centres were built with, :func:`in_gamut_ab_bins`) the search
     looks only at the lattice window around each pixel (:func:`_nearest_in_window`, same result);
-    without it, every pixel is compared with every centre.
+    ``lattice`` (:func:`bin_lattice`, built once) does the same without rebuilding the lattice on
+    every call; with neither, every pixel is compared with every centre.
     """
     if neighbours < 1 or neighbours > centres.shape[0]:
         raise ValueError(f"soft encoding needs 1 <= neighbours <= number of bins ({centres.shape[0]}), "
@@ -291,11 +316,13 @@ def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5,
     with _exact_float(ab):
         rows, shape = _pixels(ab)
         centres = centres.to(rows)
-        if grid is None:
+        if lattice is None and grid is not None:
+            lattice = bin_lattice(centres, grid)
+        if lattice is None:
             nearest_sq, indices = squared_distances(rows, centres).topk(neighbours, dim=1, largest=False,
                                                                         sorted=True)
         else:
-            nearest_sq, indices = _nearest_in_window(rows, centres, neighbours, grid)
+            nearest_sq, indices = _nearest_in_window(rows, centres, neighbours, lattice)
         # normalised Gaussian weights exp(-d²/2σ²) / Σ, shifted by the nearest d² (column 0, the
         # smallest) so that far-away pixels do not underflow; written out because torch.softmax
         # over rows of 5 is several times slower than these three small passes

@@ -134,6 +134,7 @@ class ColorizationTask(PretextTask):
         self.register_buffer("bin_weights", torch.ones(num_bins))
         self.register_buffer("ab_mean", torch.zeros(2))
         self.register_buffer("prior_fitted", torch.tensor(False))
+        self._lattice: color.BinLattice | None = None  # built on first use, per device
 
         stage_channels = self.backbone.stage_dims[self.stage_index]
         outputs = num_bins if head == "classification" else 2
@@ -243,6 +244,12 @@ class ColorizationTask(PretextTask):
         raw = self.head(stages[self.stage_index]).float()  # float32 from here on, also under bf16 autocast
         return bilinear_to_channels_last(raw, size), self.backbone.pool(stages[-1])
 
+    def _bin_lattice(self) -> color.BinLattice:
+        """The bins' lattice on the bins' device, built once there (building it syncs with a GPU)."""
+        if self._lattice is None or self._lattice.table.device != self.bin_centres.device:
+            self._lattice = color.bin_lattice(self.bin_centres, self.ab_grid)
+        return self._lattice
+
     def decode(self, prediction: torch.Tensor) -> torch.Tensor:
         """Head output ``(B, h, w, Q|2)`` → ab ``(B, 2, h, w)`` (annealed mean for classification)."""
         if self.head_kind == "classification":
@@ -260,7 +267,7 @@ class ColorizationTask(PretextTask):
 
         if self.head_kind == "classification":
             indices, soft_weights = color.soft_encode(target_ab, self.bin_centres, self.soft_neighbours,
-                                                      self.soft_sigma, grid=self.ab_grid)  # (B, h, w, K)
+                                                      self.soft_sigma, lattice=self._bin_lattice())  # (B, h, w, K)
             cross_entropy, predicted_bin = color.sparse_soft_cross_entropy(prediction, indices, soft_weights)
             nearest = indices[..., 0]
             pixel_weights = self.bin_weights[nearest]  # rebalancing by the nearest bin
