@@ -78,7 +78,7 @@ def main() -> None:
             return color.soft_encode(targets, centres)
 
         def encode_windowed() -> object:  # the 5x5 lattice window, its lattice rebuilt per call (the task keeps one)
-            return color.soft_encode(targets, centres, grid=10.0)
+            return color.soft_encode(targets, centres, lattice=color.bin_lattice(centres, 10.0))
 
         times = {name: _best_seconds(fn, args.repeats, synchronize)
                  for name, fn in (("batched", batched), ("unsliced", batched_unsliced), ("skimage loop", skimage_loop),

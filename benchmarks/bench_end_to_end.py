@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -30,10 +29,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pretextlab.backbones import build_backbone
-from pretextlab.config import compose_train
+from _reference import BackboneInputs, backbone_step
 
-AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+from pretextlab.config import compose_train
 
 
 class StepTimer(L.Callback):
@@ -62,32 +60,20 @@ class StepTimer(L.Callback):
             self.finished = time.perf_counter()
 
 
-class BackboneInputs(L.Callback):
-    """Records the shapes of the inputs the first training step trains the backbone on."""
+class FirstStepInputs(L.Callback):
+    """Records the backbone input shapes of the first training step (:class:`BackboneInputs`)."""
 
     def __init__(self) -> None:
-        self.shapes: list[tuple[int, ...]] = []
-        self._original: Any = None
+        self.recorder = BackboneInputs()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self.shapes or self._original is not None:
-            return
-        backbone = pl_module.backbone
-        self._original = original = backbone.stage_outputs
-
-        def recording(x: torch.Tensor) -> list[torch.Tensor]:
-            if torch.is_grad_enabled():  # the probe's no-grad pass is not a backbone input
-                self.shapes.append(tuple(x.shape))
-            return original(x)
-
-        backbone.stage_outputs = recording
+        if trainer.fit_loop.epoch_loop.batch_progress.total.completed == 0:
+            self.recorder.start(pl_module.backbone)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._original is not None:
-            pl_module.backbone.stage_outputs = self._original
-            self._original = None
+        self.recorder.stop()
 
 
 def end_to_end(task_name: str, args: argparse.Namespace,
@@ -113,34 +99,21 @@ def end_to_end(task_name: str, args: argparse.Namespace,
         from pretextlab.train import compile_backbone
 
         task.backbone = compile_backbone(task.backbone)
-    recorder, timer = BackboneInputs(), StepTimer(args.warmup, device)
+    recorder, timer = FirstStepInputs(), StepTimer(args.warmup, device)
     trainer_options.update(max_epochs=-1, max_steps=args.warmup + args.steps, limit_val_batches=0,
                            num_sanity_val_steps=0, enable_checkpointing=False, logger=False)
     trainer = instantiate(trainer_options, callbacks=[recorder, timer])
     trainer.fit(task, datamodule=datamodule)
     assert timer.started is not None and timer.finished is not None and timer.timed_steps > 0
     seconds_per_step = (timer.finished - timer.started) / timer.timed_steps
-    return args.batch / seconds_per_step, recorder.shapes, dict(backbone.build_config)
+    return args.batch / seconds_per_step, recorder.recorder.shapes, dict(backbone.build_config)
 
 
 def ceiling(backbone_config: dict[str, Any], shapes: list[tuple[int, ...]], batch: int, args: argparse.Namespace,
             device: torch.device) -> float:
     """Source images/s of the backbone alone: forward + backward + SGD on pre-made inputs."""
     torch.manual_seed(0)
-    backbone = build_backbone(**backbone_config).to(device)
-    head = torch.nn.Linear(backbone.feature_dim, 10).to(device)
-    optimizer = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=1e-3, momentum=0.9)
-    inputs = [torch.randn(shape, device=device) for shape in shapes]
-    targets = [torch.randint(0, 10, (shape[0],), device=device) for shape in shapes]
-    dtype = AUTOCAST_DTYPES.get(args.precision)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-    def step() -> None:
-        with autocast:
-            loss = sum(torch.nn.functional.cross_entropy(head(backbone(x)), y) for x, y in zip(inputs, targets))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        optimizer.step()
+    step = backbone_step(backbone_config, shapes, device, args.precision)
 
     for _ in range(args.warmup):
         step()

@@ -24,7 +24,8 @@ import time
 import torch
 from hydra.utils import instantiate
 
-from pretextlab.backbones import build_backbone
+from _reference import BackboneInputs, autocast, backbone_step
+
 from pretextlab.config import compose_train
 
 BACKBONE_FOR = {"mae": "vit_tiny"}
@@ -64,27 +65,15 @@ def measure(task_name: str, batch: int, repeats: int, overrides: list[str], devi
     optimizer = torch.optim.SGD(task.parameters(), lr=1e-3, momentum=0.9)
     images = torch.rand(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    shapes: list[tuple[int, ...]] = []
     # Only inputs that are trained through count as "backbone inputs"; the online probe's no-grad
     # forward on clean images is part of the overhead being measured.
-    original_stage_outputs = backbone.stage_outputs
-
-    def recording_stage_outputs(x: torch.Tensor) -> list[torch.Tensor]:
-        # Every backbone path (forward, forward_stages, dense heads) goes through stage_outputs.
-        if torch.is_grad_enabled():
-            shapes.append(tuple(x.shape))
-        return original_stage_outputs(x)
-
-    backbone.stage_outputs = recording_stage_outputs  # type: ignore[method-assign]
+    recorder = BackboneInputs()
+    recorder.start(backbone)
     task.log = lambda *a, **k: None  # type: ignore[method-assign]  (no trainer attached)
     task.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
 
     def task_step() -> None:
-        with autocast():
+        with autocast(device, precision):
             loss = task.training_step((images, labels), 0) if task.automatic_optimization else None
             if loss is None:
                 output = task.pretext_step(images, labels)
@@ -94,24 +83,11 @@ def measure(task_name: str, batch: int, repeats: int, overrides: list[str], devi
         optimizer.step()
 
     task_step()
-    backbone.stage_outputs = original_stage_outputs  # type: ignore[method-assign]
+    recorder.stop()
     # MAE's encoder sees visible tokens through its own path, not backbone.forward: fall back to the
     # clean batch shape when no call was recorded.
-    recorded = [s for s in shapes] or [tuple(images.shape)]
-    reference_backbone = build_backbone(**backbone.build_config).to(device)
-    head = torch.nn.Linear(reference_backbone.feature_dim, 10).to(device)
-    reference_optimizer = torch.optim.SGD(list(reference_backbone.parameters()) + list(head.parameters()), lr=1e-3,
-                                          momentum=0.9)
-    reference_inputs = [torch.randn(shape, device=device) for shape in recorded if len(shape) == 4]
-    reference_targets = [torch.randint(0, 10, (x.shape[0],), device=device) for x in reference_inputs]
-
-    def reference_step() -> None:
-        with autocast():
-            loss = sum(torch.nn.functional.cross_entropy(head(reference_backbone(x)), y)
-                       for x, y in zip(reference_inputs, reference_targets, strict=True))
-        reference_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        reference_optimizer.step()
+    recorded = recorder.shapes or [tuple(images.shape)]
+    reference_step = backbone_step(backbone.build_config, recorded, device, precision)
 
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     return (*_paired_times(task_step, reference_step, repeats, synchronize), recorded)

@@ -145,7 +145,8 @@ def test_loss_looks_at_hole_and_weighted_border_only() -> None:
     border = overlap_border(hole, 1)  # 16 - 4 = 12 ring pixels
     prediction = torch.zeros(1, 3, 8, 8)
     prediction[..., 0, 0] = 5.0  # far from the hole: must not count
-    batch = InpaintingBatch(target, target.masked_fill(hole, 0), hole, border, prediction)
+    stage_map = torch.zeros(1, task.backbone.stage_dims[-1], 1, 1)  # the losses do not read it
+    batch = InpaintingBatch(target, target.masked_fill(hole, 0), hole, border, prediction, stage_map)
     assert float(task.generator_losses(batch).loss) == 0.0
     prediction[..., 3, 3] = 1.0  # one hidden pixel off by 1 in every channel
     prediction[..., 2, 2] = 1.0  # one border pixel off by 1 in every channel

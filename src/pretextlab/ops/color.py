@@ -295,7 +295,7 @@ def _nearest_in_window(rows: torch.Tensor, centres: torch.Tensor, neighbours: in
 
 
 def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5, sigma: float = 5.0,
-                grid: float | None = None, lattice: BinLattice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                lattice: BinLattice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zhang et al.'s soft targets: a Gaussian over the ``neighbours`` nearest bins of each pixel.
 
     ``ab`` ``(B, 2, H, W)`` → ``(indices, weights)``, both ``(B, H, W, neighbours)``; ``indices``
@@ -303,10 +303,10 @@ def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5, si
     ``exp(-d² / 2σ²)`` normalised to sum to 1 per pixel. Kept sparse: the dense ``(B, Q, H, W)``
     target is never needed, the loss gathers the log-probabilities at ``indices``.
 
-    With ``grid`` (the spacing the centres were built with, :func:`in_gamut_ab_bins`) the search
-    looks only at the lattice window around each pixel (:func:`_nearest_in_window`, same result);
-    ``lattice`` (:func:`bin_lattice`, built once) does the same without rebuilding the lattice on
-    every call; with neither, every pixel is compared with every centre.
+    With ``lattice`` (:func:`bin_lattice` of the centres at the spacing they were built with,
+    :func:`in_gamut_ab_bins`; build it once) the search looks only at the lattice window around
+    each pixel (:func:`_nearest_in_window`, same result); without it, every pixel is compared with
+    every centre.
     """
     if neighbours < 1 or neighbours > centres.shape[0]:
         raise ValueError(f"soft encoding needs 1 <= neighbours <= number of bins ({centres.shape[0]}), "
@@ -316,8 +316,6 @@ def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5, si
     with _exact_float(ab):
         rows, shape = _pixels(ab)
         centres = centres.to(rows)
-        if lattice is None and grid is not None:
-            lattice = bin_lattice(centres, grid)
         if lattice is None:
             nearest_sq, indices = squared_distances(rows, centres).topk(neighbours, dim=1, largest=False,
                                                                         sorted=True)

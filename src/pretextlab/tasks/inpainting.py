@@ -25,7 +25,7 @@ class InpaintingBatch:
     hole: torch.Tensor
     border: torch.Tensor
     prediction: torch.Tensor
-    stage_map: torch.Tensor | None = None  # the encoder stage's output on the masked input
+    stage_map: torch.Tensor  # the encoder stage's output on the masked input
 
     @property
     def filled(self) -> torch.Tensor:
@@ -217,8 +217,7 @@ class InpaintingTask(PretextTask):
         # the masked images' pooled features: what the online probe reads under "pretext" (only when
         # the decoder hangs off the last stage, whose pooling is the backbone's feature)
         last_stage = self.encoder_stage_index == len(self.backbone.stage_names) - 1
-        pretext_features = (self.backbone.pool(batch.stage_map) if last_stage and batch.stage_map is not None
-                            else None)
+        pretext_features = self.backbone.pool(batch.stage_map) if last_stage else None
         if self.discriminator is None:
             return PretextOutput(loss=reconstruction, metrics=metrics, terms=terms, pretext_features=pretext_features)
         fake_logits = self.discriminator(batch.filled, batch.hole).float()
