@@ -1,7 +1,7 @@
 """Pretext tasks: ``base`` holds what every task shares, one module per task holds the rest.
 
 Task modules are imported lazily (``pretextlab.tasks.JigsawTask`` works, but importing this package
-does not pull in timm or kornia-sized dependencies of tasks you do not use).
+does not pull in timm-sized dependencies of tasks you do not use).
 """
 
 from __future__ import annotations
