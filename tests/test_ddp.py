@@ -1,10 +1,30 @@
-"""Real 2-process DDP on CPU (gloo): it runs, and it computes what one process computes."""
+"""Real 2-process DDP on CPU (gloo): it runs, it computes what one process computes, and inside a
+Hydra multirun (the real ``ddp`` strategy, whose extra process re-runs the command line) every
+process agrees on each job: skips, failures on one rank, the sweep going on."""
 
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import open_dict
 
+from pretextlab.config import compose_train, project_root
 from pretextlab.data.datamodule import GlobalBatchSampler
-from pretextlab.train import run
+from pretextlab.distributed import STORE_ENV
+from pretextlab.train import resolved_config, run
+
+ROOT = project_root()
 
 # Augmentation off so that both runs see bit-identical inputs; everything else is the real config.
 SAME_INPUTS = ["data.crop_padding=0", "data.horizontal_flip=false",
@@ -38,3 +58,80 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(make_con
         # BN running statistics come from rank 0's half batch under DDP: compare learned weights.
         if value.is_floating_point() and "running_" not in key:
             assert torch.allclose(value, two_weights[key], atol=3e-3, rtol=1e-2), key
+
+
+class FailOnRank(Callback):
+    """Test fault, added with ``+callbacks.fault=...``: one task's first training batch raises on one rank only."""
+
+    def __init__(self, task: str, fail_task: str, rank: int) -> None:
+        self.task, self.fail_task, self.rank = task, fail_task, rank
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.task == self.fail_task and trainer.global_rank == self.rank:
+            raise RuntimeError(f"injected failure on rank {self.rank}")
+
+
+#: Two CPU processes of the real ``ddp`` strategy (Lightning re-runs the command line) on tiny jobs.
+DDP_SWEEP_JOB = [
+    "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+    "trainer.sync_batchnorm=false", "trainer.benchmark=false", "trainer.strategy.timeout.seconds=300",
+    "data.source.num_train=128", "data.source.num_test=64", "data.batch_size=32", "data.eval_batch_size=64",
+    "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "task.panel_images=0", "eval=none", "logger=none",
+    "+callbacks.fault._target_=tests.test_ddp.FailOnRank", "+callbacks.fault.task=${task.name}",
+]
+
+
+def _run_sweep(sweep_dir: Path, overrides: list[str], timeout: float) -> tuple[int, str, float]:
+    """A multirun in its own process group, killed whole on timeout (no orphaned DDP process)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+    env.pop(STORE_ENV, None)
+    command = [sys.executable, "-m", "pretextlab.train", "-m", *overrides, *DDP_SWEEP_JOB,
+               f"hydra.sweep.dir={sweep_dir}"]
+    started = time.perf_counter()
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            pytest.fail(f"the DDP sweep hung (killed after {timeout:.0f} s):\n{output[-4000:]}")
+    return process.returncode, output, time.perf_counter() - started
+
+
+def _finished_results(sweep_dir: Path, job: str, overrides: list[str]) -> dict[str, Any]:
+    """What a finished earlier run of this job left: status ok and the job's own resolved config."""
+    cfg = compose_train([*overrides, *DDP_SWEEP_JOB])
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(sweep_dir / job)
+        cfg.callbacks.fault.task = cfg.task.name  # ${task.name}, as the job resolves it
+    return {"status": "ok", "config": resolved_config(cfg), "marker": "finished earlier"}
+
+
+def test_ddp_sweep_agrees_on_skips_ends_a_failed_job_on_every_rank_and_goes_on(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "0_rotation").mkdir(parents=True)
+    finished = _finished_results(sweep_dir, "0_rotation", ["task=rotation", "+callbacks.fault.fail_task=jigsaw",
+                                                          "+callbacks.fault.rank=1"])
+    (sweep_dir / "0_rotation" / "results.json").write_text(json.dumps(finished))
+
+    code, output, seconds = _run_sweep(
+        sweep_dir, ["task=rotation,jigsaw,context", "+callbacks.fault.fail_task=jigsaw", "+callbacks.fault.rank=1"],
+        timeout=420)
+
+    assert code == 0, output[-4000:]
+    results = {path.parent.name: json.loads(path.read_text()) for path in sweep_dir.glob("*/results.json")}
+    assert set(results) == {"0_rotation", "1_jigsaw", "2_context"}, output[-4000:]
+    # job 0 was finished: skipped on rank 0 before any follower existed, and by the follower too
+    assert results["0_rotation"] == finished
+    assert "skipping the job" in (sweep_dir / "0_rotation" / "train_ddp_process_1.log").read_text()
+    # job 1 raised on rank 1 only: it ended on both ranks, recorded once, by rank 0, naming rank 1
+    assert results["1_jigsaw"]["status"] == "failed: rank 1 failed: RuntimeError: injected failure on rank 1"
+    # job 2 ran on both ranks in a fresh process group after the failure
+    assert results["2_context"]["status"] == "ok", results["2_context"]
+    assert results["2_context"]["steps"] == 2  # 128 images / (32 per process x 2 processes)
+    # one sweep directory (the follower used rank 0's), whose multirun.yaml is rank 0's
+    assert [path.name for path in tmp_path.iterdir()] == ["sweep"]
+    assert "train_ddp_process" not in (sweep_dir / "multirun.yaml").read_text()
+    print(f"DDP sweep of 3 jobs (1 skipped, 1 failed on rank 1, 1 ok): {seconds:.1f} s")

@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import pretextlab
+from pretextlab import distributed
 from pretextlab.backbones.base import Backbone
 from pretextlab.config import ConfigError, config_dir, project_root, redact, scrub, validate_config
 from pretextlab.evaluation.runner import evaluate
@@ -172,6 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["config"] = config
     results["status"] = "ok"
     if trainer.is_global_zero:
+        distributed.raise_if_another_rank_failed()  # DDP in a multirun: a failure on any rank fails the job
         atomic_write_json(run_dir / RESULTS_FILE, results)
         finish_loggers(loggers, results, step=trainer.global_step)
     return results
@@ -282,15 +284,26 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExistingResultsErro
 def main(cfg: DictConfig) -> float | None:
     """Run one job; in a multirun a failing job is recorded and the sweep goes on."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    # --- DDP in a multirun (pretextlab.distributed): the processes Lightning starts run the sweep
+    # in step with this one; they agree on each job and on how it ends. None outside a multirun.
+    job = distributed.start_job(cfg) if multirun else None
+    if job is not None and not job.runs_here:
+        return None
+    # ---
     try:
         results = run(cfg)
+        if job is not None:
+            job.finish()
     except Exception as raised:
         # hydra.utils.instantiate wraps constructor errors (e.g. TaskConfigError): report the cause.
         error: BaseException = raised
         while isinstance(error, InstantiationException) and error.__cause__ is not None:
             error = error.__cause__
+        if job is not None:
+            error = job.fail(error)  # ends the job on every rank; the first rank's error
         abort_open_runs()  # this job's W&B run is closed as failed, never reused by the next job
-        _record_failure(cfg, error, multirun)
+        if job is None or job.records:
+            _record_failure(cfg, error, multirun)
         if multirun:
             log.error("job failed: %s (the sweep continues)", redact(str(error).splitlines()[0] if str(error) else
                                                                      type(error).__name__))
