@@ -21,7 +21,7 @@ from omegaconf import open_dict
 
 from pretextlab.config import compose_train, project_root
 from pretextlab.data.datamodule import GlobalBatchSampler
-from pretextlab.distributed import STORE_ENV
+from pretextlab.distributed import STORE_ENV, raise_if_another_rank_failed, uses_extra_processes
 from pretextlab.train import resolved_config, run
 
 ROOT = project_root()
@@ -60,15 +60,31 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(make_con
             assert torch.allclose(value, two_weights[key], atol=3e-3, rtol=1e-2), key
 
 
-class FailOnRank(Callback):
-    """Test fault, added with ``+callbacks.fault=...``: one task's first training batch raises on one rank only."""
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["trainer=ddp"], True),  # Lightning's script launcher: extra processes re-run the command line
+    (["trainer=ddp", "trainer.devices=1"], False),
+    (["trainer=ddp", "trainer.strategy=ddp_spawn"], False),  # workers run only fit, never the sweep
+    (["trainer=ddp_cpu"], False),
+    (["trainer=gpu", "trainer.devices=2"], True),  # strategy auto on 2 devices is ddp
+    (["trainer=cpu"], False),
+])
+def test_which_trainers_start_processes_that_re_run_the_sweep(overrides: list[str], expected: bool) -> None:
+    assert uses_extra_processes(compose_train(overrides).trainer) is expected
 
-    def __init__(self, task: str, fail_task: str, rank: int) -> None:
-        self.task, self.fail_task, self.rank = task, fail_task, rank
+
+def test_coordination_is_inert_outside_a_multirun() -> None:
+    raise_if_another_rank_failed()  # no job started: nothing to wait for
+
+
+class FailOnRank(Callback):
+    """Test fault, added with ``+callbacks.fault=...``: a task's first training batch raises on one rank only."""
+
+    def __init__(self, task: str, failures: dict[str, int]) -> None:
+        self.rank = failures.get(task)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self.task == self.fail_task and trainer.global_rank == self.rank:
+        if trainer.global_rank == self.rank:
             raise RuntimeError(f"injected failure on rank {self.rank}")
 
 
@@ -112,26 +128,28 @@ def _finished_results(sweep_dir: Path, job: str, overrides: list[str]) -> dict[s
 def test_ddp_sweep_agrees_on_skips_ends_a_failed_job_on_every_rank_and_goes_on(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     (sweep_dir / "0_rotation").mkdir(parents=True)
-    finished = _finished_results(sweep_dir, "0_rotation", ["task=rotation", "+callbacks.fault.fail_task=jigsaw",
-                                                          "+callbacks.fault.rank=1"])
+    failures = "+callbacks.fault.failures={jigsaw:1,context:0}"  # jigsaw fails on rank 1 only, context on rank 0
+    finished = _finished_results(sweep_dir, "0_rotation", ["task=rotation", failures])
     (sweep_dir / "0_rotation" / "results.json").write_text(json.dumps(finished))
 
-    code, output, seconds = _run_sweep(
-        sweep_dir, ["task=rotation,jigsaw,context", "+callbacks.fault.fail_task=jigsaw", "+callbacks.fault.rank=1"],
-        timeout=420)
+    code, output, seconds = _run_sweep(sweep_dir, ["task=rotation,jigsaw,context,supervised", failures],
+                                       timeout=480)
 
     assert code == 0, output[-4000:]
     results = {path.parent.name: json.loads(path.read_text()) for path in sweep_dir.glob("*/results.json")}
-    assert set(results) == {"0_rotation", "1_jigsaw", "2_context"}, output[-4000:]
+    assert set(results) == {"0_rotation", "1_jigsaw", "2_context", "3_supervised"}, output[-4000:]
     # job 0 was finished: skipped on rank 0 before any follower existed, and by the follower too
     assert results["0_rotation"] == finished
     assert "skipping the job" in (sweep_dir / "0_rotation" / "train_ddp_process_1.log").read_text()
     # job 1 raised on rank 1 only: it ended on both ranks, recorded once, by rank 0, naming rank 1
     assert results["1_jigsaw"]["status"] == "failed: rank 1 failed: RuntimeError: injected failure on rank 1"
-    # job 2 ran on both ranks in a fresh process group after the failure
-    assert results["2_context"]["status"] == "ok", results["2_context"]
-    assert results["2_context"]["steps"] == 2  # 128 images / (32 per process x 2 processes)
+    # job 2 raised on rank 0 only: rank 1, blocked in a collective, was released and ended the job too
+    assert results["2_context"]["status"] == "failed: injected failure on rank 0"
+    assert "job failed" in (sweep_dir / "2_context" / "train_ddp_process_1.log").read_text()
+    # job 3 ran on both ranks, in a fresh process group, after the failures
+    assert results["3_supervised"]["status"] == "ok", results["3_supervised"]
+    assert results["3_supervised"]["steps"] == 2  # 128 images / (32 per process x 2 processes)
     # one sweep directory (the follower used rank 0's), whose multirun.yaml is rank 0's
     assert [path.name for path in tmp_path.iterdir()] == ["sweep"]
     assert "train_ddp_process" not in (sweep_dir / "multirun.yaml").read_text()
-    print(f"DDP sweep of 3 jobs (1 skipped, 1 failed on rank 1, 1 ok): {seconds:.1f} s")
+    print(f"DDP sweep of 4 jobs (skipped, failed on rank 1, failed on rank 0, ok): {seconds:.1f} s")

@@ -104,7 +104,7 @@ def start_job(cfg: DictConfig) -> Job | None:
     """
     global _sweep, _current
     hydra_cfg = HydraConfig.get()
-    if OmegaConf.select(hydra_cfg, "launcher._target_") != _BASIC_LAUNCHER:
+    if hydra_cfg.launcher.get("_target_") != _BASIC_LAUNCHER:
         return None
     if _sweep is None:
         _sweep = _join_sweep()
@@ -322,7 +322,7 @@ def _wait_limit_s(trainer: DictConfig) -> float:
     if OmegaConf.is_dict(timeout):
         plain = OmegaConf.to_container(timeout, resolve=True)
         assert isinstance(plain, dict)
-        seconds = timedelta(**{k: v for k, v in plain.items() if not str(k).startswith("_")}).total_seconds()
+        seconds = timedelta(**{str(k): v for k, v in plain.items() if not str(k).startswith("_")}).total_seconds()
     return 2 * seconds + 60
 
 
