@@ -291,7 +291,7 @@ def _share_sweep_dir() -> Path:
     Lightning's launcher builds the followers' command from ``sys.argv``, so that is where it goes.
     """
     hydra_cfg = HydraConfig.get()
-    sweep_dir = Path(get_original_cwd(), str(hydra_cfg.sweep.dir)).resolve()
+    sweep_dir = Path(os.path.abspath(Path(get_original_cwd(), str(hydra_cfg.sweep.dir))))
     quoted = str(sweep_dir).replace("'", "\\'").replace("${", "\\${")
     kept = [arg for arg in sys.argv[1:] if not arg.lstrip("+~").startswith("hydra.sweep.dir=")]
     sys.argv[1:] = [*kept, f"hydra.sweep.dir='{quoted}'"]
@@ -309,7 +309,7 @@ def _await_plan(sweep: _Sweep, number: int) -> JobPlan:
 
 
 def _check_same_job(plan: JobPlan, overrides: list[str], run_dir: str, number: int) -> None:
-    if plan.overrides != overrides or plan.run_dir != run_dir:
+    if plan.overrides != overrides or os.path.realpath(plan.run_dir) != os.path.realpath(run_dir):
         raise SweepMismatchError(
             f"job {number}: this process has overrides {overrides} in {run_dir}, rank 0 has "
             f"{plan.overrides} in {plan.run_dir}; the processes of a DDP sweep must run the same command")
