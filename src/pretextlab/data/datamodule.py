@@ -61,16 +61,18 @@ class GlobalBatchSampler(Sampler[list[int]]):
     batch ``G`` sees — which is what makes DDP results comparable to single-process ones. The
     permutation depends on (seed, epoch) only; incomplete global batches are dropped.
 
-    ``batches_done(epoch)`` (given by the DataModule after a resume) says how many batches of an
-    epoch were trained before the checkpoint: iterating that epoch starts after them, so a run
-    resumed mid-epoch sees exactly the batches the uninterrupted run would have seen. It is asked
-    each time an iteration starts (a loader may be iterated more than once before the first step).
+    ``position(epoch)`` (given by the DataModule) returns ``(epoch, batches already trained)`` for
+    an iteration that starts now: the trainer's epoch (Lightning 2.6 calls ``set_epoch`` on samplers,
+    never on a batch sampler, so the sampler's own count restarts at 0 in a resumed run) and, after
+    a resume from a mid-epoch checkpoint, how many of its batches the checkpoint had trained, which
+    the iteration then skips: the resumed run sees exactly the uninterrupted run's batches. It is
+    asked at every start (a loader may be iterated more than once before the first step).
     """
 
     def __init__(self, length: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 batches_done: Callable[[int], int] | None = None) -> None:
+                 position: Callable[[int], tuple[int, int]] | None = None) -> None:
         self.length, self.batch_size, self.world_size, self.rank, self.seed = length, batch_size, world_size, rank, seed
-        self.batches_done = batches_done
+        self.position = position
         self.epoch = 0
         global_batch = batch_size * world_size
         if length < global_batch:
@@ -86,10 +88,12 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return self.length // (self.batch_size * self.world_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip = 0
+        if self.position is not None:
+            self.epoch, skip = self.position(self.epoch)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.length, generator=generator)
         global_batch = self.batch_size * self.world_size
-        skip = self.batches_done(self.epoch) if self.batches_done is not None else 0
         for index in range(skip, len(self)):
             start = index * global_batch + self.rank * self.batch_size
             yield order[start : start + self.batch_size].tolist()
@@ -225,7 +229,11 @@ class PretextDataModule(L.LightningDataModule):
 
     # -- exact mid-epoch resume ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"train_epoch": self._taken[0], "train_batches": self._taken[1]}
+        """Where training continues: (epoch, batches of it already trained)."""
+        epoch, done = self._taken
+        if self.trainer is not None and done >= self.trainer.num_training_batches:
+            epoch, done = epoch + 1, 0  # saved at the end of an epoch (also one cut by limit_train_batches)
+        return {"train_epoch": epoch, "train_batches": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = (int(state_dict.get("train_epoch", 0)), int(state_dict.get("train_batches", 0)))
@@ -233,6 +241,17 @@ class PretextDataModule(L.LightningDataModule):
     def _batches_done(self, epoch: int) -> int:
         restored = self._restored
         return restored[1] if restored is not None and restored[0] == epoch else 0
+
+    def _position(self, sampler_epoch: int) -> tuple[int, int]:
+        """The training sampler's (epoch, batches to skip) for an iteration starting now.
+
+        Until the first batch after a resume, the checkpoint's position: Lightning starts iterating
+        (to count the steps for the lr schedule) before it restores its own epoch counter.
+        """
+        if self._restored is not None:
+            return self._restored
+        epoch = int(getattr(self.trainer, "current_epoch", sampler_epoch)) if self.trainer is not None else sampler_epoch
+        return epoch, 0
 
     def _count_training_batch(self) -> None:
         epoch = int(self.trainer.current_epoch) if self.trainer is not None else 0
@@ -269,7 +288,7 @@ class PretextDataModule(L.LightningDataModule):
         world_size, rank = self._world()
         dataset = self._streamed("pretrain") if self.streaming else self._dataset("pretrain")
         sampler = GlobalBatchSampler(len(dataset), self.batch_size, world_size, rank,  # type: ignore[arg-type]
-                                     self.seed, batches_done=self._batches_done)
+                                     self.seed, position=self._position)
         return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
