@@ -8,12 +8,12 @@ ImageNet-sized JPEGs. The two alternate within one run (A B A B ...), each timed
 its first batch (worker start-up excluded); the ratio of each pair is reported, and their median.
 
 Memory: the peak proportional set size (PSS: shared pages counted once) of the main process plus
-its loader workers, sampled every 20 ms while streaming one epoch of the folder and of a folder
-``--memory-copies`` times larger (hard links to the same files, so the big folder costs no disk):
-flat in the dataset size means the peak does not grow with it, while the big folder's decoded size
-is several times the memory the run holds.
+its loader workers, sampled every 20 ms in a fresh process while streaming ``--memory-batches``
+batches (at most an epoch) of the folder and of a folder ``--memory-copies`` times larger (hard
+links to the same files, so it costs no disk): flat in the dataset size means the peak does not grow
+with the folder, whose decoded size is many times the memory the run holds.
 
-    .venv/bin/python benchmarks/bench_loader.py --images 3000 --workers 2 --repeats 3 --memory-copies 8
+    .venv/bin/python benchmarks/bench_loader.py --images 3000 --workers 2 --repeats 3 --memory-copies 6
     .venv/bin/python benchmarks/bench_loader.py --images 64 --workers 0 --repeats 1 --memory-copies 2  # smoke
 
 The folder is generated once into ``--cache-dir`` (default ``$PRETEXTLAB_CACHE/bench_loader``,
@@ -26,6 +26,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -147,6 +149,34 @@ class PeakMemory:
         return self.peak_kib / 1024
 
 
+def _memory_in_a_fresh_process(folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    # A fresh process: workers of the throughput loaders must not count, nor their freed memory.
+    command = [sys.executable, __file__, "--stream-only", str(folder), "--batch", str(args.batch), "--workers",
+               str(args.workers), "--memory-batches", str(args.memory_batches)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    row: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    pixels = args.width * args.height * 3 / 2**20
+    row.update(folder_decoded_mib=row["images"] * pixels, streamed_decoded_mib=row["streamed"] * pixels)
+    return row
+
+
+def stream_only(folder: Path, batch: int, workers: int, max_batches: int) -> None:
+    """Stream up to ``max_batches`` batches of ``folder``; print one JSON line with the peak PSS."""
+    loader = streaming_loader(folder, batch, workers)
+    with PeakMemory() as peak:
+        iterator = iter(loader)
+        next(iterator)
+        streamed, start = 0, time.perf_counter()
+        for index, (images, _) in enumerate(iterator):
+            streamed += len(images)
+            if index + 2 >= max_batches:
+                break
+        rate = streamed / (time.perf_counter() - start)
+    images = sum(1 for _ in (folder / "train").rglob("*.jpg"))
+    print(json.dumps({"images": images, "streamed": streamed + batch, "peak_pss_mib": peak.peak_mib,
+                      "images_per_s": rate}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4000)
@@ -155,13 +185,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-copies", type=int, default=8,
-                        help="the big folder of the peak-memory figure holds this many copies of the folder")
+    parser.add_argument("--memory-copies", type=int, default=6,
+                        help="the big folder of the peak-memory figure holds this many copies of the folder "
+                             "(0: no memory figure)")
+    parser.add_argument("--memory-batches", type=int, default=100,
+                        help="batches streamed from each folder for the peak-memory figure (at most an epoch)")
+    parser.add_argument("--stream-only", type=Path, default=None, help=argparse.SUPPRESS)
     default_cache = Path(os.environ.get("PRETEXTLAB_CACHE", Path.home() / ".cache" / "pretextlab")) / "bench_loader"
     parser.add_argument("--cache-dir", type=Path, default=default_cache)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.stream_only is not None:
+        stream_only(args.stream_only, args.batch, args.workers, args.memory_batches)
+        return
 
     started = time.perf_counter()
     root = generate_folder(args.cache_dir, args.images, args.width, args.height)
@@ -184,14 +221,13 @@ def main() -> None:
           f"(batch {args.batch}, {args.workers} workers, 1 thread each)")
 
     memory: list[dict[str, float]] = []
-    for folder in (root, replicate_folder(root, args.memory_copies)):
-        count = sum(1 for _ in (folder / "train").rglob("*.jpg"))
-        with PeakMemory() as peak:
-            rate, _ = images_per_second(streaming_loader(folder, args.batch, args.workers))
-        decoded = count * args.width * args.height * 3 / 2**20
-        memory.append({"images": count, "decoded_mib": decoded, "peak_pss_mib": peak.peak_mib})
-        print(f"streaming {count} images ({decoded:.0f} MiB decoded): peak PSS of the process and its workers "
-              f"{peak.peak_mib:.0f} MiB (decoded data / peak {decoded / peak.peak_mib:.1f}), {rate:.1f} img/s")
+    if args.memory_copies > 0:
+        for folder in (root, replicate_folder(root, args.memory_copies)):
+            memory.append(_memory_in_a_fresh_process(folder, args))
+            row = memory[-1]
+            print(f"streaming {row['streamed']} of {row['images']} images ({row['folder_decoded_mib']:.0f} MiB decoded "
+                  f"in the folder, {row['streamed_decoded_mib']:.0f} MiB streamed): peak PSS of the process and its "
+                  f"workers {row['peak_pss_mib']:.0f} MiB, {row['images_per_s']:.1f} img/s")
     if args.json is not None:
         args.json.write_text(json.dumps({"throughput": rows, "memory": memory, "images": len(files)}, indent=2))
 

@@ -225,7 +225,7 @@ class PretextDataModule(L.LightningDataModule):
             return {name: self.split(name) for name in ("train", "test")}
         from pretextlab.data.streaming_source import listing_fingerprint
 
-        return listing_fingerprint(self.source)
+        return listing_fingerprint(self.source)  # type: ignore[arg-type]
 
     # -- exact mid-epoch resume ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -313,7 +313,7 @@ class PretextDataModule(L.LightningDataModule):
                                       encoded=self._gpu_decode)
         if use == "pretrain":
             self._train_crop = dataset.crop
-        return dataset  # type: ignore[no-any-return]
+        return dataset
 
     def eval_dataloader(self, split: str, world_size: int = 1, rank: int = 0) -> DataLoader:
         """Plain (unaugmented, unshuffled) uint8 batches of a split, for feature extraction.

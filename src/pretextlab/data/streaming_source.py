@@ -67,7 +67,8 @@ class StreamingFolderSource(DataSource):
         self._given_mean, self._given_std = mean, std
         self._statistics_cache: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
         # The geometry is checked now, before any file is read.
-        self.train_crop = CropPolicy(self.image_size, train_crop, resize_size, tuple(crop_scale), flip=True)
+        scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.train_crop = CropPolicy(self.image_size, train_crop, resize_size, scale, flip=True)
         self.val_crop = CropPolicy(self.image_size, "resize_center", self._val_resize(train_crop, resize_size))
         self.eval_crop = CropPolicy(self.eval_image_size, "resize_center", resize_size)
 
@@ -148,7 +149,7 @@ class StreamingFolderSource(DataSource):
             std = (squares / count - mean.pow(2)).clamp_min(1e-12).sqrt()
             log.info("mean/std estimated from %d training images (set data.source.mean/std to skip this)",
                      len(dataset))
-            self._statistics_cache = (tuple(mean.tolist()), tuple(std.tolist()))  # type: ignore[assignment]
+            self._statistics_cache = (tuple(mean.tolist()), tuple(std.tolist()))
         assert self._statistics_cache is not None
         return self._statistics_cache
 
@@ -185,9 +186,10 @@ class ListingDigest:
 
 def listing_fingerprint(source: StreamingFolderSource) -> dict[str, ListingDigest]:
     """``{"train", "test"}`` → a digest of the file names, labels and evaluation crop (no file is read)."""
-    out = {}
-    for use in ("train", "test"):
-        listing = source.listing(use)  # type: ignore[arg-type]
+    out: dict[str, ListingDigest] = {}
+    uses: tuple[Use, ...] = ("train", "test")
+    for use in uses:
+        listing = source.listing(use)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(f"{listing.folder}|{source.eval_crop}|".encode())
         digest.update(listing.paths.tobytes())
