@@ -7,8 +7,8 @@ uint8 out — the same batch size and the same number of workers, on a generated
 ImageNet-sized JPEGs. The two alternate within one run (A B A B ...), each timed over one epoch after
 its first batch (worker start-up excluded); the ratio of each pair is reported, and their median.
 
-Memory: the peak proportional set size (PSS: shared pages counted once) of the main process plus
-its loader workers, sampled every 20 ms in a fresh process while streaming ``--memory-batches``
+Memory: the peak unique set size (USS: private pages) and proportional set size (PSS: shared
+pages split among the processes mapping them) of the main process plus its loader workers, sampled every 20 ms in a fresh process while streaming ``--memory-batches``
 batches (at most an epoch) of the folder and of a folder ``--memory-copies`` times larger (hard
 links to the same files, so it costs no disk): flat in the dataset size means the peak does not grow
 with the folder, whose decoded size is many times the memory the run holds.
@@ -106,12 +106,14 @@ def images_per_second(loader: DataLoader) -> tuple[float, int]:
     return count / (time.perf_counter() - start), count
 
 
-def _pss_kib(pid: int) -> int:
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(PSS, USS) of ``pid`` in KiB; USS = its private pages only, blind to who else maps a library."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
-            return next(int(line.split()[1]) for line in handle if line.startswith("Pss:"))
-    except (OSError, StopIteration):
-        return 0
+            fields = {line.split(":")[0]: int(line.split()[1]) for line in handle if line.split()[-1:] == ["kB"]}
+    except OSError:
+        return 0, 0
+    return fields.get("Pss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
 def _children(pid: int) -> list[int]:
@@ -123,17 +125,22 @@ def _children(pid: int) -> list[int]:
 
 
 class PeakMemory:
-    """Samples PSS of this process and its children in a thread; ``peak_mib`` after ``stop``."""
+    """Samples PSS and USS of this process plus its children in a thread; peaks (MiB) after ``stop``.
+
+    USS (private pages) is the memory the run itself holds; PSS also charges a share of the shared
+    libraries, which moves with how many other processes on the machine map the same torch build.
+    """
 
     def __init__(self, interval: float = 0.02) -> None:
-        self.interval, self.peak_kib, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak_pss_kib, self.peak_uss_kib, self._stop = interval, 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         pid = os.getpid()
         while not self._stop.is_set():
-            total = _pss_kib(pid) + sum(_pss_kib(child) for child in _children(pid))
-            self.peak_kib = max(self.peak_kib, total)
+            samples = [_memory_kib(p) for p in (pid, *_children(pid))]
+            self.peak_pss_kib = max(self.peak_pss_kib, sum(pss for pss, _ in samples))
+            self.peak_uss_kib = max(self.peak_uss_kib, sum(uss for _, uss in samples))
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakMemory:
@@ -146,7 +153,11 @@ class PeakMemory:
 
     @property
     def peak_mib(self) -> float:
-        return self.peak_kib / 1024
+        return self.peak_pss_kib / 1024
+
+    @property
+    def peak_uss_mib(self) -> float:
+        return self.peak_uss_kib / 1024
 
 
 def _memory_in_a_fresh_process(folder: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -174,7 +185,7 @@ def stream_only(folder: Path, batch: int, workers: int, max_batches: int) -> Non
         rate = streamed / (time.perf_counter() - start)
     images = sum(1 for _ in (folder / "train").rglob("*.jpg"))
     print(json.dumps({"images": images, "streamed": streamed + batch, "peak_pss_mib": peak.peak_mib,
-                      "images_per_s": rate}))
+                      "peak_uss_mib": peak.peak_uss_mib, "images_per_s": rate}))
 
 
 def main() -> None:
@@ -216,9 +227,10 @@ def main() -> None:
         print(f"repeat {repeat + 1}: streaming {ours:.1f} img/s, torchvision ImageFolder {theirs:.1f} img/s, "
               f"ratio {ours / theirs:.3f} ({timed} images timed each)")
     ratios = [row["ratio"] for row in rows]
-    print(f"ratio streaming / torchvision: median {statistics.median(ratios):.3f}, "
-          f"min {min(ratios):.3f}, max {max(ratios):.3f} over {len(ratios)} pairs "
-          f"(batch {args.batch}, {args.workers} workers, 1 thread each)")
+    if ratios:
+            print(f"ratio streaming / torchvision: median {statistics.median(ratios):.3f}, "
+              f"min {min(ratios):.3f}, max {max(ratios):.3f} over {len(ratios)} pairs "
+              f"(batch {args.batch}, {args.workers} workers, 1 thread each)")
 
     memory: list[dict[str, float]] = []
     if args.memory_copies > 0:
@@ -226,8 +238,9 @@ def main() -> None:
             memory.append(_memory_in_a_fresh_process(folder, args))
             row = memory[-1]
             print(f"streaming {row['streamed']} of {row['images']} images ({row['folder_decoded_mib']:.0f} MiB decoded "
-                  f"in the folder, {row['streamed_decoded_mib']:.0f} MiB streamed): peak PSS of the process and its "
-                  f"workers {row['peak_pss_mib']:.0f} MiB, {row['images_per_s']:.1f} img/s")
+                  f"in the folder, {row['streamed_decoded_mib']:.0f} MiB streamed): peak of the process and its "
+                  f"workers: USS {row['peak_uss_mib']:.0f} MiB, PSS {row['peak_pss_mib']:.0f} MiB; "
+                  f"{row['images_per_s']:.1f} img/s")
     if args.json is not None:
         args.json.write_text(json.dumps({"throughput": rows, "memory": memory, "images": len(files)}, indent=2))
 

@@ -291,4 +291,4 @@ def test_loader_benchmark_runs_on_a_tiny_folder(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(figures.read_text())
     assert result["images"] == 24 and result["throughput"][0]["streaming"] > 0
-    assert [row["images"] for row in result["memory"]] == [24, 48] and result["memory"][0]["peak_pss_mib"] > 0
+    assert [row["images"] for row in result["memory"]] == [24, 48] and result["memory"][0]["peak_uss_mib"] > 0
