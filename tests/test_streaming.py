@@ -292,3 +292,25 @@ def test_loader_benchmark_runs_on_a_tiny_folder(tmp_path):
     result = json.loads(figures.read_text())
     assert result["images"] == 24 and result["throughput"][0]["streaming"] > 0
     assert [row["images"] for row in result["memory"]] == [24, 48] and result["memory"][0]["peak_uss_mib"] > 0
+
+
+@pytest.mark.parametrize(("preset", "classes", "statistics"), [("imagenet", 1000, True), ("imagenet100", 100, True),
+                                                               ("places205", 205, False)])
+def test_dataset_presets_stream_a_folder_copy(preset, classes, statistics):
+    data = compose_config([f"data={preset}", "data.source.root=/data/copy"], tiny=False).data
+    assert (data.name, data.source.in_memory, data.source.num_classes) == (preset, False, classes)
+    assert (data.source.train_dir, data.source.test_dir) == ("train", "val")
+    assert (data.source.mean is not None) == statistics  # Places205's are estimated from its images
+
+
+def test_exif_rotated_jpegs_skip_the_gpu_decoder_which_would_ignore_the_rotation(tmp_path):
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (12, 20, 3), dtype=np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise"
+    (tmp_path / "photos" / "train").mkdir(parents=True)
+    image.save(tmp_path / "photos" / "train" / "rotated.jpg", exif=exif)
+    image.save(tmp_path / "photos" / "train" / "plain.jpg")
+    listing = streaming_source(tmp_path / "photos", test_dir=None).listing("pretrain")
+    dataset = StreamingDataset(listing, CropPolicy(8, "resize_center", 8), encoded=True)
+    kinds = {listing.path(i).rsplit("/", 1)[-1]: dataset[i][0].ndim for i in range(2)}
+    assert kinds == {"plain.jpg": 1, "rotated.jpg": 3}  # still encoded / decoded upright in the worker

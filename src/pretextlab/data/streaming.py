@@ -184,8 +184,8 @@ class StreamingDataset(Dataset):
     def _encoded(self, path: str) -> torch.Tensor | None:
         with open(path, "rb") as handle:
             data = handle.read()
-        if not data.startswith(JPEG_MAGIC):
-            return None
+        if not data.startswith(JPEG_MAGIC) or _exif_rotated(data):
+            return None  # decoded here: nvJPEG ignores EXIF orientation
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
     def _bad(self, path: str, reason: str) -> None:
@@ -193,6 +193,19 @@ class StreamingDataset(Dataset):
             raise DataError(f"cannot read image {path}: {reason}; remove or replace the file, or set "
                             "data.source.on_bad_image=skip to leave such files out")
         _report_bad_file(Path(path), reason)
+
+
+def _exif_rotated(data: bytes) -> bool:
+    """Whether a JPEG asks to be rotated or mirrored (EXIF orientation other than 1); reads the header only."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.getexif().get(0x0112, 1)) != 1
+    except Exception:  # unreadable here: the CPU path decides what to do with the file
+        return True
 
 
 def collate_images(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
