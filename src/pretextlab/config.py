@@ -231,6 +231,15 @@ RULES: tuple[Rule, ...] = (
     Rule("data.source.cache", BOOLEAN),
     Rule("data.source.mean", NULL | list_of(number(0, 1), length=3)),
     Rule("data.source.std", NULL | list_of(number(0, low_open=True), length=3)),
+    Rule("data.source.in_memory", BOOLEAN),
+    Rule("data.source.train_crop", one_of("random_resized", "resize_random", "resize_center")),
+    Rule("data.source.crop_scale", list_of(number(0, 1, low_open=True), length=2)),
+    Rule("data.source.resize_size", integer(MIN_IMAGE_SIZE)),
+    Rule("data.source.eval_image_size", NULL | integer(MIN_IMAGE_SIZE)),
+    Rule("data.source.decode_device", one_of("cpu", "cuda")),
+    Rule("data.source.pretrain_dir", NULL | TEXT),
+    Rule("data.source.test_dir", NULL | TEXT),
+    Rule("data.source.num_classes", NULL | integer(1)),
     # task: names shared by every task, then keys any task may use under any node
     Rule("task.name", TEXT),
     Rule("task.in_channels", one_of(1, 3)),
@@ -473,6 +482,9 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
     if num_images is not None and int(num_images) < int(cfg.data.batch_size):
         problems.append(_problem("data.batch_size", cfg.data.batch_size,
                                  f"must be <= the {num_images} pretraining images, or no epoch has a full batch"))
+    from pretextlab.data.checks import streaming_problems
+
+    problems += streaming_problems(cfg)
     if image_size is not None and int(cfg.data.get("crop_padding", 0)) >= int(image_size):
         problems.append(_problem("data.crop_padding", cfg.data.crop_padding,
                                  f"must be smaller than data.source.image_size={image_size}"))

@@ -1,4 +1,4 @@
-"""Data sources (synthetic, image folders, torchvision sets) and the one DataModule."""
+"""Data sources (synthetic, image folders in memory or streamed, torchvision sets) and the one DataModule."""
 
 from pretextlab.data.datamodule import InMemoryDataset, PretextDataModule
 from pretextlab.data.sources import (
@@ -9,6 +9,7 @@ from pretextlab.data.sources import (
     SyntheticSource,
     TorchvisionSource,
 )
+from pretextlab.data.streaming_source import StreamingFolderSource, image_folder
 
 __all__ = [
     "DataError",
@@ -17,6 +18,8 @@ __all__ = [
     "InMemoryDataset",
     "PretextDataModule",
     "Split",
+    "StreamingFolderSource",
     "SyntheticSource",
     "TorchvisionSource",
+    "image_folder",
 ]

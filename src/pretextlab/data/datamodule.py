@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
-
-from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -61,10 +60,19 @@ class GlobalBatchSampler(Sampler[list[int]]):
     slice of it. So a run on N processes sees exactly the global batches that a 1-process run with
     batch ``G`` sees — which is what makes DDP results comparable to single-process ones. The
     permutation depends on (seed, epoch) only; incomplete global batches are dropped.
+
+    ``position(epoch)`` (given by the DataModule) returns ``(epoch, batches already trained)`` for
+    an iteration that starts now: the trainer's epoch (Lightning 2.6 calls ``set_epoch`` on samplers,
+    never on a batch sampler, so the sampler's own count restarts at 0 in a resumed run) and, after
+    a resume from a mid-epoch checkpoint, how many of its batches the checkpoint had trained, which
+    the iteration then skips: the resumed run sees exactly the uninterrupted run's batches. It is
+    asked at every start (a loader may be iterated more than once before the first step).
     """
 
-    def __init__(self, length: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, length: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 position: Callable[[int], tuple[int, int]] | None = None) -> None:
         self.length, self.batch_size, self.world_size, self.rank, self.seed = length, batch_size, world_size, rank, seed
+        self.position = position
         self.epoch = 0
         global_batch = batch_size * world_size
         if length < global_batch:
@@ -80,10 +88,13 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return self.length // (self.batch_size * self.world_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip = 0
+        if self.position is not None:
+            self.epoch, skip = self.position(self.epoch)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.length, generator=generator)
         global_batch = self.batch_size * self.world_size
-        for index in range(len(self)):
+        for index in range(skip, len(self)):
             start = index * global_batch + self.rank * self.batch_size
             yield order[start : start + self.batch_size].tolist()
         self.epoch += 1  # also advances when Lightning does not call set_epoch
@@ -119,6 +130,13 @@ class PretextDataModule(L.LightningDataModule):
     ``on_device=True`` keeps the whole uint8 split on the accelerator (CIFAR-10 is 150 MB): loaders
     then serve index tensors only and batches are gathered on the device, so no worker process or
     host-to-device copy limits the GPU.
+
+    A streaming source (``data.source.in_memory=false``) holds no split in memory: loader workers
+    read, decode and augment the files (:mod:`pretextlab.data.streaming`), so training batches
+    arrive augmented and ``crop_padding`` is not used; ``horizontal_flip`` applies in the workers.
+
+    The DataModule's checkpoint state is how many batches of which epoch the training loop took:
+    a run resumed from a mid-epoch checkpoint continues with exactly the remaining batches.
     """
 
     def __init__(
@@ -153,6 +171,12 @@ class PretextDataModule(L.LightningDataModule):
         self.seed = seed
         self._splits: dict[str, Split] = {}
         self._device_splits: dict[tuple[str, str], Split] = {}
+        self.streaming = bool(getattr(source, "streaming", False))
+        self._gpu_decode = False
+        self._train_crop: Any = None  # the pretraining crop, for batches decoded on the GPU
+        # (epoch, batches of it taken by the training loop); restored from a checkpoint until used.
+        self._taken: tuple[int, int] = (0, 0)
+        self._restored: tuple[int, int] | None = None
 
     # -- facts the rest of the program needs -------------------------------------------------
     @property
@@ -173,6 +197,12 @@ class PretextDataModule(L.LightningDataModule):
 
     def split(self, name: str) -> Split:
         """The named split (``pretrain``, ``train``, ``test``), loaded once."""
+        if self.streaming:
+            raise DataError(
+                f"the {name} split is streamed from disk (data.source.in_memory=false), never held in memory; "
+                "fine-tuning (eval=finetune, eval=standard) needs data.source.in_memory=true; "
+                "linear and kNN probes (eval=linear_knn) stream"
+            )
         if name not in self._splits:
             data = self.source.load(name)  # type: ignore[arg-type]
             if name == "pretrain" and self.num_pretrain is not None and self.num_pretrain < len(data):
@@ -185,8 +215,50 @@ class PretextDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        self.split("pretrain")
-        self.split("test")
+        if not self.streaming:
+            self.split("pretrain")
+            self.split("test")
+
+    def fingerprint_splits(self) -> dict[str, Any]:
+        """What extracted features depend on besides the weights: the split tensors, or the file listing."""
+        if not self.streaming:
+            return {name: self.split(name) for name in ("train", "test")}
+        from pretextlab.data.streaming_source import listing_fingerprint
+
+        return listing_fingerprint(self.source)  # type: ignore[arg-type]
+
+    # -- exact mid-epoch resume ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where training continues: (epoch, batches of it already trained)."""
+        epoch, done = self._taken
+        if self.trainer is not None and done >= self.trainer.num_training_batches:
+            epoch, done = epoch + 1, 0  # saved at the end of an epoch (also one cut by limit_train_batches)
+        return {"train_epoch": epoch, "train_batches": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = (int(state_dict.get("train_epoch", 0)), int(state_dict.get("train_batches", 0)))
+
+    def _batches_done(self, epoch: int) -> int:
+        restored = self._restored
+        return restored[1] if restored is not None and restored[0] == epoch else 0
+
+    def _position(self, sampler_epoch: int) -> tuple[int, int]:
+        """The training sampler's (epoch, batches to skip) for an iteration starting now.
+
+        Until the first batch after a resume, the checkpoint's position: Lightning starts iterating
+        (to count the steps for the lr schedule) before it restores its own epoch counter.
+        """
+        if self._restored is not None:
+            return self._restored
+        epoch = int(getattr(self.trainer, "current_epoch", sampler_epoch)) if self.trainer is not None else sampler_epoch
+        return epoch, 0
+
+    def _count_training_batch(self) -> None:
+        epoch = int(self.trainer.current_epoch) if self.trainer is not None else 0
+        if self._restored is not None:
+            self._taken, self._restored = (epoch, self._batches_done(epoch)), None
+        done = self._taken[1] if self._taken[0] == epoch else 0
+        self._taken = (epoch, done + 1)
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -200,29 +272,60 @@ class PretextDataModule(L.LightningDataModule):
 
     def _loader_options(self) -> dict[str, Any]:
         workers = 0 if self.on_device else self.num_workers
-        return {
+        options = {
             "num_workers": workers,
             "pin_memory": self.pin_memory and not self.on_device,
             "persistent_workers": workers > 0,
             "collate_fn": _keep_batch,
         }
+        if self.streaming:
+            from pretextlab.data.streaming import collate_images
+
+            options["collate_fn"] = collate_images
+        return options
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
-        sampler = GlobalBatchSampler(len(self.split("pretrain")), self.batch_size, world_size, rank, self.seed)
-        return DataLoader(self._dataset("pretrain"), batch_sampler=sampler, **self._loader_options())
+        dataset = self._streamed("pretrain") if self.streaming else self._dataset("pretrain")
+        sampler = GlobalBatchSampler(len(dataset), self.batch_size, world_size, rank,  # type: ignore[arg-type]
+                                     self.seed, position=self._position)
+        return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
-        sampler = ShardSampler(len(self.split("test")), world_size, rank)
-        return DataLoader(self._dataset("test"), batch_size=self.eval_batch_size, sampler=sampler,
-                          **self._loader_options())
+        dataset = self._streamed("val") if self.streaming else self._dataset("test")
+        sampler = ShardSampler(len(dataset), world_size, rank)  # type: ignore[arg-type]
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **self._loader_options())
+
+    def _streamed(self, use: str) -> Dataset:
+        from pretextlab.data.streaming import gpu_decode_available
+
+        if use == "pretrain":
+            device = self.trainer.strategy.root_device if self.trainer is not None else None
+            self._gpu_decode = gpu_decode_available(self.source.decode_device == "cuda", device)  # type: ignore[attr-defined]
+        listing = self.source.listing(use)  # type: ignore[attr-defined]
+        if use == "pretrain" and self.num_pretrain is not None and self.num_pretrain < len(listing):
+            # The same fixed, seed-dependent subset rule as the in-memory splits.
+            generator = torch.Generator().manual_seed(self.seed)
+            listing = listing.subset(torch.randperm(len(listing), generator=generator)[: self.num_pretrain]
+                                     .sort().values.numpy())
+        dataset = self.source.dataset(use, listing, flip=self.horizontal_flip,  # type: ignore[attr-defined]
+                                      encoded=self._gpu_decode)
+        if use == "pretrain":
+            self._train_crop = dataset.crop
+        return dataset
 
     def eval_dataloader(self, split: str, world_size: int = 1, rank: int = 0) -> DataLoader:
         """Plain (unaugmented, unshuffled) uint8 batches of a split, for feature extraction.
 
-        With ``world_size > 1`` the split is sharded ``rank::world_size`` without padding.
+        With ``world_size > 1`` the split is sharded ``rank::world_size`` without padding. A
+        streamed split is cut at the evaluation geometry (256 → 224) by the loader's workers.
         """
+        if self.streaming:
+            dataset = self._streamed(split)
+            return DataLoader(dataset, batch_size=self.eval_batch_size,
+                              sampler=ShardSampler(len(dataset), world_size, rank),  # type: ignore[arg-type]
+                              **{**self._loader_options(), "persistent_workers": False})
         sampler = ShardSampler(len(self.split(split)), world_size, rank)
         return DataLoader(InMemoryDataset(self.split(split)), batch_size=self.eval_batch_size, sampler=sampler,
                           **{**self._loader_options(), "num_workers": 0, "persistent_workers": False})
@@ -236,18 +339,27 @@ class PretextDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self.trainer is not None and self.trainer.training
+        if training:
+            self._count_training_batch()
         if self.on_device:
             index = batch
             data = self._device_split("pretrain" if training else "test", index.device)
             images, labels = data.images[index], data.labels[index]
         else:
             images, labels = batch
+        if isinstance(images, list):  # still-encoded JPEGs: the GPU decode path
+            from pretextlab.data.streaming import decode_on_device
+
+            images = decode_on_device(images, self._train_crop, labels.device)
         return self.prepare_images(images, augment=training), labels
 
     def prepare_images(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` → float [0, 1], augmented when ``augment``; stays on its device."""
+        """uint8 ``(B, 3, H, W)`` → float [0, 1], augmented when ``augment``; stays on its device.
+
+        Streamed images were augmented by the loader workers already: only converted here.
+        """
         floats = images.float().div_(255.0)
-        if augment:
+        if augment and not self.streaming:
             floats = random_crop_with_padding(floats, self.crop_padding)
             if self.horizontal_flip:
                 floats = random_horizontal_flip(floats)

@@ -45,7 +45,8 @@ def list_image_folder(folder: Path, what: str) -> dict[str, list[Path]]:
         raise DataError(f"{what} folder {folder} is a file, not a folder of class folders")
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"{what} folder {folder} has no class sub-folders; put images in {folder}/<class>/")
+        raise DataError(f"{what} folder {folder} has no class sub-folders; put images in {folder}/<class>/, or "
+                        "stream the folder (data.source.in_memory=false) to pretrain on unlabeled images")
     listing: dict[str, list[Path]] = {}
     for class_dir in classes:
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))

@@ -95,7 +95,10 @@ def _features(encoder: Any, datamodule: Any, stage_list: list[str], pool_size: i
     folder = Path(cache_dir) / CACHE_FOLDER if cache_dir is not None else None
     fingerprint = None
     if folder is not None:
-        data = {name: datamodule.split(name) for name in ("train", "test")} if hasattr(datamodule, "split") else None
+        if hasattr(datamodule, "fingerprint_splits"):  # a streamed split stands in by its file listing
+            data = datamodule.fingerprint_splits()
+        else:
+            data = {name: datamodule.split(name) for name in ("train", "test")} if hasattr(datamodule, "split") else None
         fingerprint = feature_fingerprint(encoder, stage_list, pool_size, data)
         cached = load_cached_features(folder, fingerprint)
         if cached is not None and all(set(fs.features) == set(stage_list) for fs in cached):
