@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -107,10 +108,11 @@ def load_weights_only(path: str | Path, trust: bool = False, map_location: Any =
     except pickle.UnpicklingError as error:
         if trust:
             raise DamagedCheckpointError(f"{path} cannot be read: {_first_line(error)}") from error
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         raise UnsafeCheckpointError(
-            f"{path} holds objects other than tensors and plain values, so it was not loaded "
-            f"({_first_line(error)}); if you trust its origin, pass trust_checkpoint=true "
-            "(this unpickles it fully and runs any code stored in it)") from error
+            f"{path} holds objects other than tensors and plain values "
+            f"({found.group(1) if found else _first_line(error)}), so it was not loaded; if you trust its "
+            "origin, pass trust_checkpoint=true (this unpickles it fully and runs any code stored in it)") from error
     except Exception as error:  # a damaged archive member, a bad CRC, an unknown storage type...
         raise DamagedCheckpointError(f"{path} cannot be read: {_first_line(error)}") from error
     return checkpoint
