@@ -7,7 +7,10 @@
 # Convolutional tasks run on the configured backbone (convnet by default); transformer tasks (MAE)
 # run on $VIT_BACKBONE in a second multirun into the same sweep directory, so one table shows all.
 # Re-running the same command reuses its sweep directory: finished jobs are skipped and
-# interrupted ones resume from their last checkpoint.
+# interrupted ones resume from their last checkpoint. Jobs whose directory holds finished results of
+# a different config are refused (left as they were): the script then exits 2 naming them, without
+# rebuilding the table. The same command started twice at once shares the jobs out: a job that one
+# is running is skipped by the other (which exits 2 saying so; run it again afterwards).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
@@ -24,8 +27,12 @@ SWEEP_DIR="${SWEEP_DIR:-$ROOT/outputs/sweeps/sweep-$key}"
 export PRETEXTLAB_SWEEP_ID="${PRETEXTLAB_SWEEP_ID:-$(basename "$SWEEP_DIR")}"
 echo "[multirun] sweep directory: $SWEEP_DIR" >&2
 start=$(date +%s)
+# Both multiruns run even when the first one fails; the table is built only when both succeeded. A
+# multirun exits 2 when any job was refused (finished results of a different config) or held by
+# another process, naming them: then the table would show old rows as if new, so it is not rebuilt.
+status=0
 if [ -n "$TASKS" ]; then
-  python -m pretextlab.train -m "task=$TASKS" "hydra.sweep.dir=$SWEEP_DIR" "$@"
+  python -m pretextlab.train -m "task=$TASKS" "hydra.sweep.dir=$SWEEP_DIR" "$@" || status=$?
 fi
 if [ -n "$VIT_TASKS" ]; then
   # The user's backbone choice applies to the convolutional tasks only.
@@ -36,7 +43,11 @@ if [ -n "$VIT_TASKS" ]; then
   # shellcheck disable=SC2086  (VIT_ARGS is a list of overrides)
   python -m pretextlab.train -m "task=$VIT_TASKS" "backbone=$VIT_BACKBONE" \
     "hydra.sweep.dir=$SWEEP_DIR" "hydra.sweep.subdir=\${hydra.job.num}_\${task.name}_\${backbone.name}" \
-    $VIT_ARGS ${vit_args[@]+"${vit_args[@]}"}
+    $VIT_ARGS ${vit_args[@]+"${vit_args[@]}"} || status=$?
+fi
+if [ "$status" -ne 0 ]; then
+  echo "[multirun] some jobs were not run or the sweep failed (exit $status): $SWEEP_DIR/table.md was not rebuilt" >&2
+  exit "$status"
 fi
 python -m pretextlab.table "$SWEEP_DIR"
 echo "[multirun] done in $(( $(date +%s) - start )) s; table: $SWEEP_DIR/table.md" >&2

@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.strategies.strategy import Strategy
 from omegaconf import open_dict
 
 import pretextlab.io as pio
+from pretextlab.checkpoints import read_checkpoint
 from pretextlab.config import ConfigError, compose_train
 from pretextlab.tasks import PretextOutput, RotationTask
 from tests.conftest import FAST_RUN
@@ -109,6 +112,10 @@ def test_a_process_killed_at_any_moment_leaves_a_complete_file(tmp_path):
     for delay in (0.3, 0.55, 0.8):
         writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True)
         assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        # The kill lands `delay` after the first complete file, however slow the machine is today.
+        deadline = time.monotonic() + 60
+        while not target.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(delay)
         writer.send_signal(signal.SIGKILL)
         writer.wait()
@@ -170,3 +177,63 @@ def test_finished_results_are_never_overwritten_unless_asked(make_config, tmp_pa
     replaced = run(_fast(make_config, ["seed=1", "overwrite=true", "resume=never"]))
     assert replaced["seed"] == 1
     assert json.loads((run_dir / "results.json").read_text())["seed"] == 1
+
+
+# -- checkpoints written so that a crash never leaves the run without a complete one ----------------
+class SimulatedKill(BaseException):
+    """A SIGKILL at this very instant: nothing after it runs (not even ``except Exception`` handlers)."""
+
+
+class CrashInSecondEpoch(L.Callback):
+    """Arms ``CRASH`` (a fault injector) once the first epoch's checkpoint is complete."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1 and CRASH is not None:
+            CRASH()
+
+
+CRASH = None
+
+
+@pytest.mark.parametrize("moment", ["while writing", "while linking last.ckpt", "after removing the previous one"])
+def test_a_crash_at_any_moment_of_saving_a_checkpoint_leaves_a_complete_last_checkpoint(make_config, tmp_path,
+                                                                                       monkeypatch, moment):
+    original_save, original_remove = torch.save, Strategy.remove_checkpoint
+
+    def save_half_then_die(obj, f, *args, **kwargs):
+        original_save(obj, f, *args, **kwargs)
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "r+b") as handle:
+                handle.truncate(os.path.getsize(f) // 2)
+        raise SimulatedKill("killed half-way through writing a checkpoint")
+
+    def die_while_linking(*args, **kwargs):
+        raise SimulatedKill("killed while re-pointing last.ckpt")
+
+    def remove_then_die(self, filepath):
+        original_remove(self, filepath)
+        raise SimulatedKill(f"killed right after removing {filepath}")
+
+    def arm() -> None:
+        if moment == "while writing":
+            monkeypatch.setattr(torch, "save", save_half_then_die)
+        elif moment == "while linking last.ckpt":
+            monkeypatch.setattr(os, "symlink", die_while_linking)
+        else:
+            monkeypatch.setattr(Strategy, "remove_checkpoint", remove_then_die)
+
+    monkeypatch.setattr(sys.modules[__name__], "CRASH", arm)
+    cfg = _fast(make_config, ["trainer.max_epochs=2"])
+    with open_dict(cfg):
+        cfg.callbacks.crash = {"_target_": f"{__name__}.CrashInSecondEpoch"}
+    with pytest.raises(SimulatedKill):
+        run(cfg)
+    monkeypatch.undo()
+
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert last.exists(), f"no last.ckpt after a crash {moment}: {sorted(p.name for p in last.parent.iterdir())}"
+    assert read_checkpoint(last)["global_step"] in (2, 4)
+    for path in last.parent.glob("*.ckpt"):  # no damaged checkpoint under a checkpoint's name
+        read_checkpoint(path)
+    # The same command again resumes and finishes.
+    assert run(_fast(make_config, ["trainer.max_epochs=2"]))["status"] == "ok"

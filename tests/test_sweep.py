@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pretextlab.config import project_root
+from tests.conftest import FAST_RUN
 
 ROOT = project_root()
 #: Every job in a few seconds: 4 steps of 32 images, a 2-epoch one-lr linear probe, no logger.
@@ -135,3 +136,110 @@ def test_multirun_sh_builds_the_table_and_rerunning_it_runs_no_job_again(tmp_pat
     assert sorted(p for p in sweep_dir.glob("*_*/**/*") if p.is_file() and ".hydra" not in p.parts
                   and not p.name.endswith(".log")) == outputs
     assert (sweep_dir / "table.md").read_text() == markdown
+
+
+# -- sweeps that did not run every job say so ---------------------------------------------------------
+#: A job in a few seconds: two steps of pretraining, no offline evaluation.
+FAST_JOB = [o for o in FAST_RUN if not o.startswith("task=")]
+
+
+def _finished_elsewhere(job_dir: Path) -> None:
+    """A job directory holding finished results of another config, with its own Hydra record."""
+    (job_dir / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (job_dir / ".hydra" / name).write_text(f"# the finished run's {name}\n")
+    (job_dir / "results.json").write_text(json.dumps({"status": "ok", "task": job_dir.name.split("_")[1],
+                                                      "config": {"trainer": {"max_epochs": 99}}}))
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".log")
+            and p.name != "multirun.yaml"}
+
+
+def _start(command: list[str], **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(command, cwd=ROOT, env=_environment(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+REFUSED_LINE = ("pretextlab: error: 2 jobs of this sweep were not run: 0_rotation, 1_jigsaw hold finished results of "
+                "a different config (pass overwrite=true to replace them, or choose another hydra.sweep.dir)")
+
+
+@pytest.mark.timeout(300)
+def test_a_sweep_whose_jobs_are_refused_ends_non_zero_naming_them_and_leaves_their_directories_as_they_were(
+        tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    for job in ("0_rotation", "1_jigsaw"):
+        _finished_elsewhere(sweep_dir / job)
+    before = _files(sweep_dir)
+    done = _start([sys.executable, "-m", "pretextlab.train", "-m", "task=rotation,jigsaw",
+                   f"hydra.sweep.dir={sweep_dir}", *FAST_JOB])
+    out, err = done.communicate(timeout=240)
+    assert done.returncode == 2, (out[-2000:], err[-2000:])
+    assert err.splitlines()[-1] == REFUSED_LINE, err[-2000:]
+    assert _files(sweep_dir) == before
+
+
+@pytest.mark.timeout(300)
+def test_multirun_sh_with_refused_jobs_exits_non_zero_and_does_not_print_the_old_table(tmp_path):
+    venv = Path(sys.executable).parent.parent
+    if not _bootstrap_is_current(venv):
+        pytest.skip(f"{venv} was not installed by scripts/bootstrap.sh for this pyproject.toml")
+    sweep_dir = tmp_path / "sweep"
+    for job in ("0_rotation", "1_jigsaw"):
+        _finished_elsewhere(sweep_dir / job)
+    (sweep_dir / "table.md").write_text("| the old table |\n")
+    before = _files(sweep_dir)
+    done = _start(["bash", str(ROOT / "multirun.sh"), *FAST_JOB], TASKS="rotation,jigsaw", VIT_TASKS="",
+                  SWEEP_DIR=str(sweep_dir), PRETEXTLAB_VENV=str(venv))
+    out, err = done.communicate(timeout=240)
+    assert done.returncode == 2, (out[-2000:], err[-2000:])
+    assert REFUSED_LINE in err.splitlines()
+    assert "the old table" not in out + err
+    assert err.splitlines()[-1] == f"[multirun] some jobs were not run or the sweep failed (exit 2): {sweep_dir}/table.md " \
+                                   "was not rebuilt"
+    assert _files(sweep_dir) == before
+
+
+@pytest.mark.timeout(300)
+def test_a_job_another_sweep_is_running_is_skipped_and_the_sweep_says_so(tmp_path):
+    from pretextlab.rundir import LOCK_FILE, JobLock
+
+    sweep_dir = tmp_path / "sweep"
+    other_sweep = JobLock(sweep_dir / "0_rotation")
+    other_sweep.acquire()  # as a sweep started a moment earlier into the same directory would
+    try:
+        done = _start([sys.executable, "-m", "pretextlab.train", "-m", "task=rotation,jigsaw",
+                       f"hydra.sweep.dir={sweep_dir}", *FAST_JOB])
+        out, err = done.communicate(timeout=240)
+    finally:
+        other_sweep.release()
+    assert done.returncode == 2, (out[-2000:], err[-2000:])
+    assert err.splitlines()[-1] == ("pretextlab: error: 1 job of this sweep was not run: 0_rotation is being run by "
+                                    "another process (run the command again once it has finished)"), err[-2000:]
+    assert f"is being run by another process (pid {os.getpid()} on " in out + err
+    # Nothing written (Hydra's job log aside), and the lock is gone.
+    assert [p.name for p in (sweep_dir / "0_rotation").iterdir() if not p.name.endswith(".log")] == []
+    assert json.loads((sweep_dir / "1_jigsaw" / "results.json").read_text())["status"] == "ok"
+    assert not (sweep_dir / "1_jigsaw" / LOCK_FILE).exists()
+
+
+@pytest.mark.timeout(400)
+def test_two_sweeps_started_into_the_same_directory_at_once_run_every_job_once(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "pretextlab.train", "-m", "task=rotation,jigsaw", f"hydra.sweep.dir={sweep_dir}",
+               *FAST_JOB]
+    first, second = _start(command), _start(command)
+    outputs = [process.communicate(timeout=360) for process in (first, second)]
+    logs = [out + err for out, err in outputs]
+    for job in ("0_rotation", "1_jigsaw"):
+        started = sum(log.count(f"running the job in {sweep_dir / job} ") for log in logs)
+        assert started == 1, f"{job} ran {started} times"
+        assert json.loads((sweep_dir / job / "results.json").read_text())["status"] == "ok"
+    for process, log in zip((first, second), logs):
+        # A sweep that skipped a job another was running says so and ends non-zero; one that found
+        # every job running or finished by the other skips them (same config) and ends 0.
+        held = "is being run by another process" in log
+        assert process.returncode == (2 if held else 0), log[-3000:]

@@ -10,6 +10,8 @@ W&B falls back to offline mode without a key or without network (files under the
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import os
@@ -19,10 +21,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from pretextlab.config import redact, scrub
+from pretextlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +152,84 @@ def wandb_logger(
         mode=resolved, name=redact(name), **kwargs)
     _LIVE_WANDB_LOGGERS.append(logger)
     return logger
+
+
+# -- CSV ------------------------------------------------------------------------------------------
+class _MetricsWriter(ExperimentWriter):
+    """Lightning's CSV experiment writer, made to keep a run's whole history in one ``metrics.csv``.
+
+    Lightning's writer deletes ``metrics.csv`` whenever a new writer opens the folder (so a resumed
+    run lost its earlier epochs), and rewrites the file with only the keys this process has logged
+    when a new key appears (so the ddp_spawn main process, which logs the downstream results after
+    its workers wrote the training rows, failed with "dict contains fields not in fieldnames").
+    Here the earlier rows are kept and the header is the union of every key in the file.
+
+    Rows of steps this process logs again are dropped from the file at its first save: training
+    logs the same steps in every attempt, so the rows an interrupted attempt wrote after the
+    checkpoint it is resumed from (steps >= the first step logged now) are superseded, and a run
+    restarted from scratch (first step 0) replaces them all.
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self._first_save = True
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # never delete metrics.csv: its rows are this run's earlier epochs
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        path = self.metrics_file_path
+        new_keys = set().union(*self.metrics) - set(self.metrics_keys)
+        header: list[str] = []
+        rows: list[dict[str, Any]] = []
+        rewrite = False
+        if self._fs.isfile(path) and (self._first_save or new_keys):
+            with self._fs.open(path, "r", newline="") as handle:
+                reader = csv.DictReader(handle)
+                rows = list(reader)
+                header = list(reader.fieldnames or [])
+            rewrite = bool(new_keys - set(header))
+            if self._first_save:
+                first_step = min(_row_step(row) for row in self.metrics)
+                kept = [row for row in rows if _row_step(row) < first_step]
+                rewrite = rewrite or len(kept) != len(rows)
+                rows = kept
+        self._first_save = False
+        self.metrics_keys = sorted(set(self.metrics_keys) | set(header) | new_keys)
+        if rewrite:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows({k: v for k, v in row.items() if k is not None} for row in rows)
+            atomic_write_text(path, text.getvalue())
+        exists = self._fs.isfile(path)
+        with self._fs.open(path, mode="a" if exists else "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
+            if not exists:
+                writer.writeheader()
+            writer.writerows(self.metrics)
+        self.metrics = []
+
+
+def _row_step(row: Mapping[str, Any]) -> float:
+    try:
+        return float(row.get("step"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return -math.inf  # a row without a step is never superseded
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's ``CSVLogger`` whose ``metrics.csv`` survives resumes and DDP (:class:`_MetricsWriter`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _MetricsWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 # -- what train.py sends to every logger ---------------------------------------------------------

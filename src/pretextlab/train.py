@@ -26,25 +26,24 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import pretextlab
 from pretextlab import distributed
 from pretextlab.backbones.base import Backbone
+from pretextlab.checkpoints import AtomicCheckpointIO, resume_plan
 from pretextlab.config import ConfigError, config_dir, project_root, redact, scrub, validate_config
 from pretextlab.evaluation.runner import evaluate
 from pretextlab.io import atomic_write_json
 from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
+from pretextlab.rundir import (RESULTS_FILE, RUN_CONTROL_KEYS, ExistingResultsError, JobNotRunError, global_rank,
+                               open_run_dir, write_hydra_record)
 from pretextlab.tasks.base import NonFiniteLossError
 
 log = logging.getLogger("pretextlab.train")
 
-RESULTS_FILE = "results.json"
-
-
-class ExistingResultsError(RuntimeError):
-    """The run directory holds finished results of a different config."""
+__all__ = ["ExistingResultsError", "RESULTS_FILE", "main", "resolved_config", "run"]
 
 
 def _git_commit() -> str | None:
@@ -61,7 +60,7 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     # Resolved key by key: Hydra's own node may hold values that only exist inside a Hydra job.
     plain: dict[str, Any] = {}
     for key in cfg.keys():
-        if key in ("hydra", "paths", "overwrite", "resume"):
+        if key in RUN_CONTROL_KEYS:
             continue
         value = cfg[key]
         plain[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -77,39 +76,32 @@ def _metric_values(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return out
 
 
-def _existing_results(run_dir: Path, config: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """Finished results for the same config, to skip the job; refuse to clobber different ones."""
-    path = run_dir / RESULTS_FILE
-    if not path.exists() or overwrite:
-        return None
-    try:
-        previous = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    if previous.get("status") != "ok":
-        return None  # a failed job is retried
-    if previous.get("config") == config:
-        return previous
-    raise ExistingResultsError(
-        f"{path} holds finished results of a different config; pass overwrite=true to replace them "
-        "or choose another output directory (hydra.run.dir=...)"
-    )
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment described by a composed config; returns the results dictionary."""
+    """Run one experiment described by a composed config; returns the results dictionary.
+
+    The run directory is locked for the whole job; finished results of the same config are returned
+    (the job is skipped), those of a different config refused (see :mod:`pretextlab.rundir`).
+    """
     validate_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
     config = resolved_config(cfg)
-    previous = _existing_results(run_dir, config, bool(cfg.get("overwrite", False)))
-    if previous is not None:
-        log.info("%s already holds finished results for this config: skipping the job", run_dir)
-        return previous
+    with open_run_dir(run_dir, config, cfg) as previous:
+        if previous is not None:
+            log.info("%s already holds finished results for this config: skipping the job", run_dir)
+            return previous
+        return _run_job(cfg, run_dir, config)
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    log.info("running the job in %s (pid %d)", run_dir, os.getpid())
     run_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(run_dir, os.W_OK):
         raise ConfigError(f"output directory {run_dir} is not writable; choose another with hydra.run.dir=...")
 
     started = time.perf_counter()
+    pretrains = bool(getattr(get_class(cfg.task._target_), "pretrains", True)) and int(cfg.trainer.max_epochs) > 0
+    # The checkpoint to continue from, checked before anything is built (checkpoints.py).
+    plan = resume_plan(cfg, run_dir, rank_zero=global_rank() == 0) if pretrains else None
     L.seed_everything(int(cfg.seed), workers=True)
     datamodule = instantiate(cfg.data)
     backbone = instantiate(cfg.backbone)
@@ -131,7 +123,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for name, c in (cfg.callbacks or {}).items()
                  if c is not None and (cfg.trainer.enable_progress_bar or name != "progress_bar")]
     trainer: L.Trainer = instantiate(trainer_options, logger=loggers or False, callbacks=callbacks,
-                                     default_root_dir=str(run_dir))
+                                     default_root_dir=str(run_dir),
+                                     plugins=[AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))])
 
     results: dict[str, Any] = {
         "status": "running",
@@ -141,18 +134,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "chance_accuracy": task.chance_accuracy,
     }
+    if plan is not None:
+        plan.check_fits(task, cfg.task.name, cfg.backbone.name)
+        results["resumed_from"] = plan.record()
+    write_hydra_record(run_dir, cfg)  # the job runs: .hydra/ now describes it (rundir.py)
     pretrain_start = time.perf_counter()
-    checkpoint = None
-    if task.pretrains and int(cfg.trainer.max_epochs) > 0:
-        checkpoint = _resume_checkpoint(cfg, run_dir)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
+    if pretrains:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=plan.path if plan else None)
     pretrain_seconds = time.perf_counter() - pretrain_start
     logged = {k: v.item() if torch.is_tensor(v) else v for k, v in trainer.callback_metrics.items()}
-    if checkpoint is not None and not any(key.startswith("pretext/") for key in logged):
+    if plan is not None and not any(key.startswith("pretext/") for key in logged):
         # Resumed from the last epoch's checkpoint (the job died during evaluation): fit had nothing
         # left to run, so the epoch's metrics come from the checkpoint (PretextTask.on_save_checkpoint).
-        stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get("pretextlab_metrics", {})
-        logged = {**stored, **logged}
+        logged = {**plan.metrics, **logged}
     results["pretext"] = _metric_values(logged, "pretext/")
     results["online_probe"] = _metric_values(logged, "probe/")
     results["epochs"] = int(logged.get("progress/epochs", trainer.current_epoch))
@@ -175,7 +169,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         distributed.raise_if_another_rank_failed()  # DDP in a multirun: a failure on any rank fails the job
         atomic_write_json(run_dir / RESULTS_FILE, results)
-        finish_loggers(loggers, results, step=trainer.global_step)
+        # At the step after the last training batch: the training rows' own step counter (under
+        # ddp_spawn the main process's trainer.global_step stays 0; its workers trained).
+        finish_loggers(loggers, results, step=results["steps"])
     return results
 
 
@@ -192,24 +188,6 @@ def compile_backbone(backbone: Backbone) -> Backbone:
     except Exception as error:  # compile support varies by platform and torch build
         log.warning("torch.compile is not available here (%s); running the backbone uncompiled", error)
     return backbone
-
-
-def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    resume = cfg.get("resume", "auto")
-    if resume in (None, False, "never", "none"):
-        return None
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume == "auto":
-        if cfg.get("overwrite", False):
-            return None  # replacing old results: never continue the old run's weights
-        if last.exists():
-            log.info("resuming from %s", last)
-            return str(last)
-        return None
-    path = Path(str(resume))
-    if not path.exists():
-        raise ConfigError(f"resume={resume!r}: no such checkpoint; use resume=auto or a path to a .ckpt file")
-    return str(path)
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> float | None:
@@ -243,11 +221,11 @@ def _provenance() -> dict[str, Any]:
 def _record_failure(cfg: DictConfig, error: BaseException, multirun: bool = False) -> None:
     """Leave a results.json that says the job failed (never over a finished one).
 
-    A directory holding someone else's results is never written to. A config the validator
-    rejected writes nothing in a single run (the output directory keeps only Hydra's own files);
-    in a sweep it is recorded, so that the table shows the job as a failed row.
+    A directory holding someone else's results, or held by another process, is never written to.
+    A config the validator rejected writes nothing in a single run (the output directory keeps only
+    Hydra's own files); in a sweep it is recorded, so that the table shows the job as a failed row.
     """
-    if isinstance(error, ExistingResultsError) or (isinstance(error, ConfigError) and not multirun):
+    if isinstance(error, JobNotRunError) or (isinstance(error, ConfigError) and not multirun):
         return
     try:
         run_dir = Path(cfg.paths.run_dir)
@@ -276,7 +254,7 @@ def _record_failure(cfg: DictConfig, error: BaseException, multirun: bool = Fals
 
 
 #: Errors whose message is the whole story (bad config, bad data, a diverging loss): one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExistingResultsError, ValueError, FileNotFoundError,
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, JobNotRunError, ValueError, FileNotFoundError,
                                                 NonFiniteLossError)
 
 
