@@ -12,7 +12,7 @@ from pretextlab.evaluation.finetune import FineTune
 from pretextlab.evaluation.knn import KNNProbe, knn_scores
 from pretextlab.evaluation.linear import LinearProbe, train_linear_models
 from pretextlab.evaluation.runner import evaluate, resolve_stages
-from pretextlab.evaluation.splits import select_shots, stratified_split
+from pretextlab.evaluation.splits import labelled_split, select_shots, stratified_split
 
 __all__ = [
     "FeatureSet",
@@ -23,6 +23,7 @@ __all__ = [
     "extract_features",
     "feature_fingerprint",
     "knn_scores",
+    "labelled_split",
     "resolve_stages",
     "select_shots",
     "stratified_split",
