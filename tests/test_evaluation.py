@@ -338,7 +338,7 @@ def test_finetune_learns_an_easy_problem_and_leaves_the_encoder_alone():
     encoder = encoder_for("convnet", width=8, num_blocks=2)
     before = copy.deepcopy(encoder.state_dict())
     data = TinyData(colour_split(192, 0), colour_split(96, 1), 3)
-    result = FineTune(epochs=4, lr=0.05, batch_size=32, seed=0).run_model(encoder, data, "cpu")
+    result = FineTune(epochs=4, lrs=[0.05], batch_size=32, seed=0).run_model(encoder, data, "cpu")
     assert result["top1"] > 0.9, result  # chance is 1/3
     assert result["train_images"] == 192 and result["epochs"] == 4
     after = encoder.state_dict()

@@ -46,8 +46,15 @@ def write_sweep(root: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def body_rows(markdown: str) -> list[list[str]]:
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    """The main table's rows (the first table; per-stage tables follow the legend)."""
+    table = markdown.split("\n\n")[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
     return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[1:]]
+
+
+def task_of(label: str) -> str:
+    """A row label without its pretraining budget ("rotation (5 ep)" → "rotation")."""
+    return label.split(" (")[0]
 
 
 def header(markdown: str) -> list[str]:
@@ -65,7 +72,7 @@ def test_rows_run_from_random_init_to_supervised_with_a_failed_row(tmp_path):
     ])
     markdown = build_table([sweep])
     rows = body_rows(markdown)
-    assert [r[0] for r in rows] == ["random init", "jigsaw", "rotation", "mystery", "supervised"]
+    assert [task_of(r[0]) for r in rows] == ["random init", "jigsaw", "rotation", "mystery", "supervised"]
     jigsaw = rows[1]
     assert jigsaw[header(markdown).index("status")] == "failed: CUDA out of memory"
     assert "more lines" not in markdown
@@ -103,7 +110,7 @@ def test_a_later_sweep_overrides_the_same_job_and_adds_new_ones(tmp_path):
     markdown = build_table([first, second], out)
     rows = body_rows(markdown)
     cols = header(markdown)
-    assert [r[0] for r in rows] == ["random init", "rotation", "supervised"]
+    assert [task_of(r[0]) for r in rows] == ["random init", "rotation", "supervised"]
     # seed 0 of rotation comes from the second sweep (60), seed 1 from the first (44).
     assert rows[1][cols.index("linear top-1 % (best stage)")] == "52.0 ± 11.3 (block2)"
     assert "Merged from" in markdown
@@ -118,7 +125,7 @@ def test_reference_column_is_separate_and_labelled(tmp_path):
     markdown = build_table([sweep])
     cols = header(markdown)
     assert cols[-1] == REFERENCE_HEADER and "NOT measured" in cols[-1]
-    rows = {r[0]: r for r in body_rows(markdown)}
+    rows = {task_of(r[0]): r for r in body_rows(markdown)}
     assert rows["rotation"][-1] == "*~48*" and rows["random init"][-1] == "*~11*"
     assert rows["supervised"][-1] == "*~75*" and rows["inpainting"][-1] == "–"
     # Measured cells never carry a reference number.
