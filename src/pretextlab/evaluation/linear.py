@@ -158,7 +158,7 @@ class LinearProbe:
 
     def __init__(
         self,
-        epochs: int = 30,
+        epochs: int = 15,
         lrs: list[float] | tuple[float, ...] = (1e-3, 3e-3),
         weight_decays: list[float] | tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2),
         val_fraction: float = 0.1,
