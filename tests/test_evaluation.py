@@ -356,6 +356,8 @@ def test_finetune_low_shot_uses_k_per_class():
 @pytest.mark.parametrize("option, names", [
     ("linear", {"linear"}), ("knn", {"knn"}), ("finetune", {"finetune"}), ("linear_knn", {"linear", "knn"}),
     ("standard", {"linear", "knn", "finetune"}), ("linear_lowshot", {"linear", "linear_lowshot"}), ("none", set()),
+    ("rotnet_cifar", {"rotnet_cifar"}),
+    ("semisup", {"linear", "linear_k20", "linear_k100", "linear_k400", "finetune_k20", "finetune_k100", "finetune_k400"}),
 ])
 def test_every_eval_option_composes_and_instantiates(make_config, option, names):
     cfg = make_config([f"eval={option}", *TINY_ANY_EVAL], tiny=False)

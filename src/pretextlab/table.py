@@ -88,11 +88,12 @@ def _identity(record: dict[str, Any]) -> tuple[Any, ...]:
     keys = ("task", "backbone", "data", "seed")
     if all(record.get(k) is None for k in keys):
         return ("path", record["_path"])  # nothing to merge on: keep it as its own row
-    return tuple(record.get(k) for k in keys)
+    return (*(record.get(k) for k in keys), variant_identity(record))
 
 
 def merge_results(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per (task, backbone, data, seed): a later record overrides an earlier one."""
+    """One record per (task, backbone, data, seed, task variant and budget): a later record overrides an
+    earlier one; two variants of a task (e.g. jigsaw 2×2 and 3×3) are two records, never one."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         key = _identity(record)
@@ -247,6 +248,11 @@ def _task_settings(record: dict[str, Any]) -> dict[str, str]:
         return {}
     return {key: json.dumps(value, sort_keys=True) for key, value in _flatten(task).items()
             if key.split(".")[-1] not in NOT_VARIANT_KEYS}
+
+
+def variant_identity(record: dict[str, Any]) -> str:
+    """Everything that makes two jobs of one (task, backbone, data, seed) different experiments."""
+    return json.dumps(_task_settings(record), sort_keys=True) + "|" + pretraining_budget(record)
 
 
 def row_variants(records: list[dict[str, Any]]) -> list[str]:
