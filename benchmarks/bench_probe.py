@@ -87,14 +87,22 @@ def before_probe_class(commit: str) -> Any:
 
 
 def time_probe(name: str, probe: Any, train: FeatureSet, test: FeatureSet, classes: int) -> float:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = probe.run(train, test, classes)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     grid = len(probe.lrs) * len(probe.weight_decays)
     stages = ", ".join(f"{s} {100 * r['top1']:.1f}" for s, r in result["per_stage"].items())
-    print(f"{name}: {seconds:.1f} s ({grid}-point lr/wd grid, {probe.epochs} epochs; best stage "
-          f"{result['best_stage']} top-1 {100 * result['top1']:.1f} %; per stage {stages})", flush=True)
+    print(f"{name}: {seconds:.1f} s wall, {cpu:.1f} s CPU (all threads) ({grid}-point lr/wd grid, {probe.epochs} "
+          f"epochs; best stage {result['best_stage']} top-1 {100 * result['top1']:.1f} %; per stage {stages})",
+          flush=True)
     return seconds
+
+
+def subset(features: FeatureSet, count: int | None) -> FeatureSet:
+    """The first ``count`` images (all when None)."""
+    if count is None:
+        return features
+    return FeatureSet({s: f[:count] for s, f in features.items()}, features.labels[:count])
 
 
 def main() -> None:
@@ -110,10 +118,14 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="also time the probe of --before-commit")
     parser.add_argument("--before-commit", default=BEFORE_COMMIT)
     parser.add_argument("--no-knn", action="store_true")
+    parser.add_argument("--subset", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
+                        help="with --cifar: probe only the first TRAIN / TEST images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cifar:
         train, test = cifar_features(args.checkpoint, args.cache)
+        if args.subset is not None:
+            train, test = subset(train, args.subset[0]), subset(test, args.subset[1])
     else:
         train = clustered_features(args.train, args.dims, args.classes, seed=0)
         test = clustered_features(args.test, args.dims, args.classes, seed=1)

@@ -195,15 +195,17 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
     variants = row_variants(records)
     for index, record in enumerate(records):
         key = (record.get("task"), record.get("backbone"), record.get("data"))
-        extra = {"variant": variants[index], "budget": pretraining_budget(record), "floor": floor_key(record)}
+        variant, budget, floor = variants[index], pretraining_budget(record), floor_key(record)
         if not _ok(record):
             status = str(record.get("status") or "failed: no status recorded")
             if not status.startswith("failed"):
                 status = f"failed: job ended with status {status!r}"
             first_line = (status.splitlines() or ["failed"])[0]
-            failed.append(Row(*key, records=[record], failed=True, status=first_line, **extra))
+            failed.append(Row(*key, records=[record], failed=True, status=first_line, variant=variant, budget=budget,
+                              floor=floor))
             continue
-        row = groups.setdefault((*key, extra["variant"], extra["budget"], extra["floor"]), Row(*key, records=[], **extra))
+        row = groups.setdefault((*key, variant, budget, floor),
+                                Row(*key, records=[], variant=variant, budget=budget, floor=floor))
         row.records.append(record)
         values, texts = {**_record_values(record)[0], **stage_values(record)}, _record_values(record)[1]
         for name, value in values.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ def stage_grids(pooling: StagePooling, stage_shapes: Mapping[str, tuple[int, ...
             for stage, shape in stage_shapes.items() if len(shape) == 3}
 
 
-def pooling_problems(backbone: nn.Module, image_size: int, pooling: StagePooling) -> list[str]:
+def pooling_problems(backbone: Any, image_size: int, pooling: StagePooling) -> list[str]:
     """Config-time check: every configured grid fits its stage map at ``image_size`` (empty list: fine).
 
     Runs the backbone on PyTorch's ``meta`` device (shapes only) when it was built there.

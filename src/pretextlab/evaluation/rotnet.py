@@ -142,7 +142,7 @@ class RotNetClassifiers:
              stages: list[str], device: Any, start: float) -> dict[str, Any]:
         sample = datamodule.prepare_images(split.images[fit_index[:2]].to(device), augment=False)
         heads = self._heads(self._stage_maps(encoder, sample, stages), datamodule.num_classes, device)
-        optimizers = {key: torch.optim.SGD(head.parameters(), lr=self.lr, momentum=self.momentum,
+        optimizers: dict[tuple[str, str], torch.optim.Optimizer] = {key: torch.optim.SGD(head.parameters(), lr=self.lr, momentum=self.momentum,
                                            weight_decay=self.weight_decay, nesterov=self.momentum > 0)
                       for key, head in heads.items()}
         self._train(encoder, datamodule, split, fit_index, stages, heads, optimizers, device)
