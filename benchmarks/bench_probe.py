@@ -102,7 +102,7 @@ def subset(features: FeatureSet, count: int | None) -> FeatureSet:
     """The first ``count`` images (all when None)."""
     if count is None:
         return features
-    return FeatureSet({s: f[:count] for s, f in features.items()}, features.labels[:count])
+    return FeatureSet({s: f[:count] for s, f in features.features.items()}, features.labels[:count])
 
 
 def main() -> None:
