@@ -98,11 +98,12 @@ def time_probe(name: str, probe: Any, train: FeatureSet, test: FeatureSet, class
     return seconds
 
 
-def subset(features: FeatureSet, count: int | None) -> FeatureSet:
-    """The first ``count`` images (all when None)."""
+def subset(features: FeatureSet, count: int | None, seed: int = 0) -> FeatureSet:
+    """A seeded random choice of ``count`` images (all when None); the splits are stored class by class."""
     if count is None:
         return features
-    return FeatureSet({s: f[:count] for s, f in features.features.items()}, features.labels[:count])
+    keep = torch.randperm(len(features.labels), generator=torch.Generator().manual_seed(seed))[:count]
+    return FeatureSet({s: f[keep] for s, f in features.features.items()}, features.labels[keep])
 
 
 def main() -> None:
