@@ -433,8 +433,9 @@ def build_columns(rows: list[Row]) -> list[Column]:
             label = "linear" if name == "linear" else name
             columns.append(Column(
                 f"{name}:best", f"{label}{shot_text} top-1 % (best stage)", f"{name}_best_stage_top1",
-                f"**{label}{shot_text} (best stage)** — offline linear probe on frozen, pooled features of every stage "
-                f"(features standardised with train statistics; lr/weight decay from a sweep scored on a validation split "
+                f"**{label}{shot_text} (best stage)** — offline layer-wise linear probe on frozen features of every stage, "
+                f"each stage average-pooled to a grid of a few thousand features (sizes in the per-stage tables below; "
+                f"standardised with train statistics; lr/weight decay from a sweep scored on a validation split "
                 f"carved from train; {result.get('epochs', '?')} epochs); the stage with the best validation accuracy, "
                 f"named in brackets; test top-1.{shot_legend}",
                 stage_key=f"{name}:best_stage"))
