@@ -6,6 +6,7 @@
 #   TASKS=none,rotation,supervised VIT_TASKS= ./multirun.sh
 # Convolutional tasks run on the configured backbone (convnet by default); transformer tasks (MAE)
 # run on $VIT_BACKBONE in a second multirun into the same sweep directory, so one table shows all.
+# Each of the two gets a random-init row (task=none) of its own backbone, added when not listed.
 # Re-running the same command reuses its sweep directory: finished jobs are skipped and
 # interrupted ones resume from their last checkpoint. Jobs whose directory holds finished results of
 # a different config are refused (left as they were): the script then exits 2 naming them, without
@@ -21,6 +22,11 @@ VIT_BACKBONE="${VIT_BACKBONE:-vit_tiny}"
 # Extra overrides for the transformer jobs only, applied before the user's (which win). A ViT step
 # costs far more than a small convnet step on CPU, so the default keeps MAE's pretraining short.
 VIT_ARGS="${VIT_ARGS-data.num_pretrain=2000 trainer.max_epochs=3}"
+# Every backbone of the sweep gets its own random-init row (task=none): the table compares each row
+# with the random init of its own backbone, never another's.
+with_floor() { case ",$1," in *,none,*) printf '%s' "$1" ;; *) printf 'none,%s' "$1" ;; esac; }
+[ -n "$TASKS" ] && TASKS="$(with_floor "$TASKS")"
+[ -n "$VIT_TASKS" ] && VIT_TASKS="$(with_floor "$VIT_TASKS")"
 # The sweep directory is named by the command, so the same command finds the same directory.
 key="$(printf '%s\n' "$TASKS" "$VIT_TASKS" "$VIT_BACKBONE" "$VIT_ARGS" "$@" | sha256sum | cut -c1-10)"
 SWEEP_DIR="${SWEEP_DIR:-$ROOT/outputs/sweeps/sweep-$key}"

@@ -21,9 +21,12 @@ from pretextlab.evaluation import (
     evaluate,
     extract_features,
     knn_scores,
+    labelled_split,
     select_shots,
     stratified_split,
+    train_linear_models,
 )
+from pretextlab.evaluation import linear as linear_module
 from pretextlab.evaluation import runner as runner_module
 from pretextlab.tasks.base import EvaluationEncoder
 
@@ -150,7 +153,53 @@ def test_low_shot_probes_train_on_k_per_class():
     knn = KNNProbe(k=10, shots_per_class=4).run(train, test, NUM_CLASSES)
     assert knn["train_images"] == 4 * NUM_CLASSES and knn["k"] == 10
     one_shot = LinearProbe(**{**FAST_LINEAR, "shots_per_class": 1}).run(train, test, NUM_CLASSES)
-    assert one_shot["val_top1"] is None and one_shot["best_stage"] == one_shot["last_stage"]
+    assert one_shot["train_images"] == NUM_CLASSES and one_shot["val_top1"] is not None  # validation is separate
+
+
+def test_semi_supervised_subsets_are_k_per_class_seeded_and_disjoint_from_validation():
+    labels = torch.tensor([c for c in range(4) for _ in range(60)] + [-1] * 7)
+    val_sets = []
+    for k in (1, 5, 20):
+        fit, val = labelled_split(labels, 0.2, shots_per_class=k, seed=3)
+        assert torch.bincount(labels[fit], minlength=4).tolist() == [k] * 4
+        assert not set(fit.tolist()) & set(val.tolist())  # never trained on a validation image
+        assert (labels[fit] >= 0).all() and (labels[val] >= 0).all()
+        assert torch.equal(fit, labelled_split(labels, 0.2, shots_per_class=k, seed=3)[0])  # seeded
+        val_sets.append(val)
+    assert all(torch.equal(val_sets[0], v) for v in val_sets)  # every k shares one validation split
+    assert not torch.equal(labelled_split(labels, 0.2, 5, seed=4)[0], labelled_split(labels, 0.2, 5, seed=3)[0])
+    with pytest.raises(ValueError, match="class 0 has only 48"):
+        labelled_split(labels, 0.2, shots_per_class=49, seed=3)
+
+
+def test_multi_candidate_probe_matches_each_candidate_trained_alone():
+    """All (lr, wd) candidates in one wide layer end where each would end trained by itself."""
+    data = clusters(300, (12,), 0, spread=2.0)
+    x, y = data.features["s0"], data.labels
+    lrs, wds = torch.tensor([0.01, 0.1, 0.01, 0.1]), torch.tensor([0.0, 0.0, 0.01, 0.01])
+    together_w, together_b = train_linear_models(x, y, NUM_CLASSES, lrs, wds, epochs=4, batch_size=64, seed=5)
+    for g in range(len(lrs)):
+        alone_w, alone_b = train_linear_models(x, y, NUM_CLASSES, lrs[g : g + 1], wds[g : g + 1], epochs=4,
+                                               batch_size=64, seed=5)
+        torch.testing.assert_close(together_w[g], alone_w[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(together_b[g], alone_b[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(together_w[0], together_w[3])  # the candidates really differ
+
+
+def test_multi_candidate_probe_minimises_the_regularised_cross_entropy():
+    """The hand-written gradient is that of mean cross-entropy + wd/2 ||W||^2 (checked against autograd)."""
+    data = clusters(64, (6,), 0, spread=2.0)
+    x, y = data.features["s0"], data.labels
+    weights = torch.randn(6, 2, NUM_CLASSES)
+    biases = torch.randn(2, NUM_CLASSES)
+    wds = torch.tensor([0.0, 0.3])
+    grad_w, grad_b = linear_module._softmax_gradients(x, y, weights, biases, wds)
+    w, b = weights.clone().requires_grad_(True), biases.clone().requires_grad_(True)
+    loss = sum(nn.functional.cross_entropy(x @ w[:, g] + b[g], y) + 0.5 * wds[g] * w[:, g].square().sum()
+               for g in range(2))
+    loss.backward()
+    torch.testing.assert_close(grad_w, w.grad)
+    torch.testing.assert_close(grad_b, b.grad)
 
 
 def test_stratified_split_keeps_every_class_on_both_sides():
@@ -289,7 +338,7 @@ def test_finetune_learns_an_easy_problem_and_leaves_the_encoder_alone():
     encoder = encoder_for("convnet", width=8, num_blocks=2)
     before = copy.deepcopy(encoder.state_dict())
     data = TinyData(colour_split(192, 0), colour_split(96, 1), 3)
-    result = FineTune(epochs=4, lr=0.05, batch_size=32, seed=0).run_model(encoder, data, "cpu")
+    result = FineTune(epochs=4, lrs=[0.05], batch_size=32, seed=0).run_model(encoder, data, "cpu")
     assert result["top1"] > 0.9, result  # chance is 1/3
     assert result["train_images"] == 192 and result["epochs"] == 4
     after = encoder.state_dict()
@@ -307,6 +356,8 @@ def test_finetune_low_shot_uses_k_per_class():
 @pytest.mark.parametrize("option, names", [
     ("linear", {"linear"}), ("knn", {"knn"}), ("finetune", {"finetune"}), ("linear_knn", {"linear", "knn"}),
     ("standard", {"linear", "knn", "finetune"}), ("linear_lowshot", {"linear", "linear_lowshot"}), ("none", set()),
+    ("rotnet_cifar", {"rotnet_cifar"}),
+    ("semisup", {"linear", "linear_k20", "linear_k100", "linear_k400", "finetune_k20", "finetune_k100", "finetune_k400"}),
 ])
 def test_every_eval_option_composes_and_instantiates(make_config, option, names):
     cfg = make_config([f"eval={option}", *TINY_ANY_EVAL], tiny=False)

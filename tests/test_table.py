@@ -46,8 +46,15 @@ def write_sweep(root: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def body_rows(markdown: str) -> list[list[str]]:
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    """The main table's rows (the first table; per-stage tables follow the legend)."""
+    table = markdown.split("\n\n")[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
     return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[1:]]
+
+
+def task_of(label: str) -> str:
+    """A row label without its pretraining budget ("rotation (5 ep)" → "rotation")."""
+    return label.split(" (")[0]
 
 
 def header(markdown: str) -> list[str]:
@@ -65,7 +72,7 @@ def test_rows_run_from_random_init_to_supervised_with_a_failed_row(tmp_path):
     ])
     markdown = build_table([sweep])
     rows = body_rows(markdown)
-    assert [r[0] for r in rows] == ["random init", "jigsaw", "rotation", "mystery", "supervised"]
+    assert [task_of(r[0]) for r in rows] == ["random init", "jigsaw", "rotation", "mystery", "supervised"]
     jigsaw = rows[1]
     assert jigsaw[header(markdown).index("status")] == "failed: CUDA out of memory"
     assert "more lines" not in markdown
@@ -103,7 +110,7 @@ def test_a_later_sweep_overrides_the_same_job_and_adds_new_ones(tmp_path):
     markdown = build_table([first, second], out)
     rows = body_rows(markdown)
     cols = header(markdown)
-    assert [r[0] for r in rows] == ["random init", "rotation", "supervised"]
+    assert [task_of(r[0]) for r in rows] == ["random init", "rotation", "supervised"]
     # seed 0 of rotation comes from the second sweep (60), seed 1 from the first (44).
     assert rows[1][cols.index("linear top-1 % (best stage)")] == "52.0 ± 11.3 (block2)"
     assert "Merged from" in markdown
@@ -118,7 +125,7 @@ def test_reference_column_is_separate_and_labelled(tmp_path):
     markdown = build_table([sweep])
     cols = header(markdown)
     assert cols[-1] == REFERENCE_HEADER and "NOT measured" in cols[-1]
-    rows = {r[0]: r for r in body_rows(markdown)}
+    rows = {task_of(r[0]): r for r in body_rows(markdown)}
     assert rows["rotation"][-1] == "*~48*" and rows["random init"][-1] == "*~11*"
     assert rows["supervised"][-1] == "*~75*" and rows["inpainting"][-1] == "–"
     # Measured cells never carry a reference number.
@@ -193,3 +200,78 @@ def test_wandb_summary_run_offline(tmp_path, monkeypatch):
     columns = table_module.build_columns(rows)
     assert table_module.log_to_wandb(rows, columns, None, "pretextlab-test", "g", None, tmp_path)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+# -- the per-backbone floor, per-stage tables, row labels --------------------------------------------
+def with_stages(record: dict[str, Any], stages: dict[str, float], dims: dict[str, int] | None = None,
+                config: dict[str, Any] | None = None, pretrain_images: int | None = None) -> dict[str, Any]:
+    record["eval"]["linear"]["per_stage"] = {
+        stage: {"top1": top1, "dim": (dims or {}).get(stage, 1024)} for stage, top1 in stages.items()}
+    if config is not None:
+        record["config"] = config
+    if pretrain_images is not None:
+        record["pretrain_images"] = pretrain_images
+    return record
+
+
+def test_each_row_is_compared_with_the_random_init_of_its_own_backbone(tmp_path):
+    conv = {"block1": 0.40, "block2": 0.30}
+    vit = {"block1": 0.20, "block6": 0.15}
+    sweep = write_sweep(tmp_path / "sweep", [
+        with_stages(ok_record("none", 0.30), conv),
+        with_stages(ok_record("rotation", 0.50), {"block1": 0.45, "block2": 0.50}),
+        with_stages(ok_record("none", 0.20, backbone="vit"), vit),
+        with_stages(ok_record("mae", 0.25, backbone="vit"), {"block1": 0.25, "block6": 0.22}),
+        ok_record("jigsaw", 0.35, backbone="resnet18"),  # no random init of its own backbone
+    ])
+    markdown = build_table([sweep])
+    assert "Δ vs own random init (points)" in header(markdown)
+    column = header(markdown).index("Δ vs own random init (points)")
+    rows = {(task_of(r[0]), r[1]): r for r in body_rows(markdown)}
+    assert rows[("rotation", "convnet")][column] == "+20.0"
+    assert rows[("mae", "vit")][column] == "+5.0"  # against the ViT's random init, never the convnet's (-5.0)
+    assert rows[("jigsaw", "resnet18")][column] == "–"
+    assert rows[("random init", "convnet")][column] == "–"
+    assert "SAME backbone" in markdown
+    # Per-stage tables, one per backbone, with the difference to that backbone's random init per stage.
+    assert "Linear probe test top-1 % by stage — convnet, synthetic" in markdown
+    assert "Linear probe test top-1 % by stage — vit, synthetic" in markdown
+    stage_lines = [line for line in markdown.splitlines() if line.startswith("| mae")]
+    assert stage_lines and "25.0 (+5.0)" in stage_lines[-1] and "22.0 (+7.0)" in stage_lines[-1]
+    assert "block1 (1024 features)" in markdown
+
+
+def test_the_floor_must_share_the_evaluation_settings(tmp_path):
+    def config(epochs: int, pool_dim: int) -> dict[str, Any]:
+        return {"task": {}, "trainer": {"max_epochs": epochs}, "backbone": {"width": 16},
+                "data": {"source": {"num_train": 100}, "seed": 0}, "eval": {"pool_dim": pool_dim, "seed": 0}}
+    sweep = write_sweep(tmp_path / "sweep", [
+        with_stages(ok_record("none", 0.30), {"block1": 0.3}, config=config(0, 2048)),
+        with_stages(ok_record("rotation", 0.50), {"block1": 0.5}, config=config(5, 2048)),
+        with_stages(ok_record("context", 0.40), {"block1": 0.4}, config=config(5, 512)),  # another probe
+    ])
+    markdown = build_table([sweep])
+    column = header(markdown).index("Δ vs own random init (points)")
+    rows = {task_of(r[0]): r for r in body_rows(markdown)}
+    assert rows["rotation"][column] == "+20.0" and rows["context"][column] == "–"
+
+
+def test_row_labels_carry_the_budget_and_the_task_variant_so_variants_never_merge(tmp_path):
+    def jigsaw(grid: int, seed: int, linear: float) -> dict[str, Any]:
+        record = ok_record("jigsaw", linear, seed)
+        record["config"] = {"task": {"name": "jigsaw", "grid": grid, "num_permutations": 24},
+                            "trainer": {"max_epochs": 10}, "data": {"num_pretrain": 10000}}
+        record["pretrain_images"] = 10000
+        return record
+    sweep = write_sweep(tmp_path / "sweep", [jigsaw(2, 0, 0.50), jigsaw(3, 0, 0.40), jigsaw(2, 1, 0.52),
+                                             ok_record("none", 0.3)])
+    labels = [r[0] for r in body_rows(build_table([sweep]))]
+    assert labels == ["random init", "jigsaw 2×2 (10 ep × 10k img)", "jigsaw 3×3 (10 ep × 10k img)"]
+    rows = {r[0]: r for r in body_rows(build_table([sweep]))}
+    assert rows["jigsaw 2×2 (10 ep × 10k img)"][3] == "0,1"  # seeds of one variant still average together
+    longer = jigsaw(2, 0, 0.55)
+    longer["config"]["trainer"]["max_epochs"] = 20
+    (tmp_path / "more" / "0").mkdir(parents=True)
+    (tmp_path / "more" / "0" / "results.json").write_text(json.dumps(longer))
+    labels = [r[0] for r in body_rows(build_table([tmp_path / "more", sweep]))]
+    assert "jigsaw 2×2 (20 ep × 10k img)" in labels and "jigsaw 2×2 (10 ep × 10k img)" in labels

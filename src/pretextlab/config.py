@@ -279,7 +279,11 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.deterministic", BOOLEAN | one_of("warn")),
     Rule("trainer.compile", BOOLEAN),
     # eval
-    Rule("eval.pool_size", integer(1)),
+    Rule("eval.pool_size", NULL | integer(1)),
+    Rule("eval.pool_dim", integer(1)),
+    Rule("eval.pool_grids.*", integer(1)),
+    Rule("eval.bn_recalibration", one_of("auto") | BOOLEAN),
+    Rule("eval.bn_images", integer(1)),
     Rule("eval.stages", TEXT | list_of(TEXT)),
     Rule("eval.headline", TEXT),
     Rule("eval.protocols.*.epochs", integer(1)),
@@ -398,6 +402,19 @@ def _backbone_problems(cfg: DictConfig, image_size: int | None) -> tuple[Any, li
     return backbone, []
 
 
+def _pooling_problems(cfg: DictConfig, backbone: Any, image_size: int | None) -> list[str]:
+    """The layer-wise probe's per-stage grids against the stage maps (a grid larger than its map)."""
+    from pretextlab.backbones.pooling import PoolingError, pooling_problems
+    from pretextlab.evaluation.runner import stage_pooling
+
+    if image_size is None:
+        return []
+    try:
+        return pooling_problems(backbone, int(image_size), stage_pooling(cfg.eval))
+    except (PoolingError, TypeError, ValueError) as error:  # the key rules report the value itself
+        return [str(error)] if isinstance(error, PoolingError) else []
+
+
 def _task_class(cfg: DictConfig) -> tuple[Any, list[str]]:
     from hydra.utils import get_class
 
@@ -447,6 +464,7 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
             problems.append(_problem("eval.stages", stages,
                                      f"backbone={cfg.backbone.get('name')} has no stage(s) {unknown}; "
                                      f"use all, last, or a list from {names}"))
+        problems += _pooling_problems(cfg, backbone, image_size)
         # A task reading one stage of the backbone (inpainting's encoder_stage, ...).
         for key in [k for k in cfg.task.keys() if str(k).endswith("_stage")]:
             stage = cfg.task.get(key)

@@ -88,11 +88,12 @@ def _identity(record: dict[str, Any]) -> tuple[Any, ...]:
     keys = ("task", "backbone", "data", "seed")
     if all(record.get(k) is None for k in keys):
         return ("path", record["_path"])  # nothing to merge on: keep it as its own row
-    return tuple(record.get(k) for k in keys)
+    return (*(record.get(k) for k in keys), variant_identity(record))
 
 
 def merge_results(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per (task, backbone, data, seed): a later record overrides an earlier one."""
+    """One record per (task, backbone, data, seed, task variant and budget): a later record overrides an
+    earlier one; two variants of a task (e.g. jigsaw 2×2 and 3×3) are two records, never one."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         key = _identity(record)
@@ -132,10 +133,15 @@ class Row:
     status: str = "ok"
     values: dict[str, list[float]] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
+    variant: str = ""   # the task's settings that set this row apart (e.g. "2×2" for a jigsaw grid)
+    budget: str = ""    # pretraining budget, epochs × images
+    floor: str = ""     # the key of the random-init row this row is compared with (same backbone, data, eval)
 
     @property
     def label(self) -> str:
-        return TASK_LABELS.get(str(self.task), "unknown" if self.task is None else str(self.task))
+        name = TASK_LABELS.get(str(self.task), "unknown" if self.task is None else str(self.task))
+        name = f"{name} {self.variant}" if self.variant else name
+        return f"{name} ({self.budget})" if self.budget else name
 
     @property
     def seeds(self) -> list[Any]:
@@ -184,20 +190,24 @@ def _record_values(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
 
 def build_rows(records: list[dict[str, Any]]) -> list[Row]:
     """Seeds of one (task, backbone, data) become one row; each failed job is a row of its own."""
-    groups: dict[tuple[Any, Any, Any], Row] = {}
+    groups: dict[tuple[Any, ...], Row] = {}
     failed: list[Row] = []
-    for record in records:
+    variants = row_variants(records)
+    for index, record in enumerate(records):
         key = (record.get("task"), record.get("backbone"), record.get("data"))
+        variant, budget, floor = variants[index], pretraining_budget(record), floor_key(record)
         if not _ok(record):
             status = str(record.get("status") or "failed: no status recorded")
             if not status.startswith("failed"):
                 status = f"failed: job ended with status {status!r}"
             first_line = (status.splitlines() or ["failed"])[0]
-            failed.append(Row(*key, records=[record], failed=True, status=first_line))
+            failed.append(Row(*key, records=[record], failed=True, status=first_line, variant=variant, budget=budget,
+                              floor=floor))
             continue
-        row = groups.setdefault(key, Row(*key, records=[]))
+        row = groups.setdefault((*key, variant, budget, floor),
+                                Row(*key, records=[], variant=variant, budget=budget, floor=floor))
         row.records.append(record)
-        values, texts = _record_values(record)
+        values, texts = {**_record_values(record)[0], **stage_values(record)}, _record_values(record)[1]
         for name, value in values.items():
             row.values.setdefault(name, []).append(value)
         for name, text in texts.items():
@@ -209,7 +219,177 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
         # the same task on several backbones/datasets stays together, in order of appearance.
         return (_task_rank(row.task), combos.index((str(row.data), str(row.backbone))), str(row.task), row.failed)
 
-    return sorted([*groups.values(), *failed], key=order)
+    rows = sorted([*groups.values(), *failed], key=order)
+    attach_floor_deltas(rows)
+    return rows
+
+
+# -- rows: task variants, pretraining budgets and each backbone's own random-init floor -----------------
+#: Task settings always named in a row label, with their short form (other task settings are named
+#: only where rows of one task differ in them).
+VARIANT_FORMATS: dict[str, Any] = {"grid": lambda value: f"{value}×{value}"}
+#: Config keys that never make a variant: they differ between seeds or do not change what is learned.
+NOT_VARIANT_KEYS = {"seed", "name", "_target_", "panel_images", "online_probe", "online_probe_features", "probe_lr"}
+#: Config keys left out of the floor's identity (they differ between seeds or concern only pretraining).
+NOT_FLOOR_KEYS = {"seed", "num_pretrain", "batch_size", "num_workers", "pin_memory", "on_device", "crop_padding",
+                  "horizontal_flip"}
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _task_settings(record: dict[str, Any]) -> dict[str, str]:
+    task = (record.get("config") or {}).get("task")
+    if not isinstance(task, dict):
+        return {}
+    return {key: json.dumps(value, sort_keys=True) for key, value in _flatten(task).items()
+            if key.split(".")[-1] not in NOT_VARIANT_KEYS}
+
+
+def variant_identity(record: dict[str, Any]) -> str:
+    """Everything that makes two jobs of one (task, backbone, data, seed) different experiments."""
+    return json.dumps(_task_settings(record), sort_keys=True) + "|" + pretraining_budget(record)
+
+
+def row_variants(records: list[dict[str, Any]]) -> list[str]:
+    """Each record's variant text: the task settings of :data:`VARIANT_FORMATS`, plus every task setting
+    whose value differs between records of the same (task, backbone, data), as ``key=value``."""
+    settings = [_task_settings(record) for record in records]
+    differing: dict[tuple[Any, Any, Any], set[str]] = {}
+    for record, mine in zip(records, settings):
+        key = (record.get("task"), record.get("backbone"), record.get("data"))
+        differing.setdefault(key, set())
+    for key in differing:
+        members = [mine for record, mine in zip(records, settings)
+                   if (record.get("task"), record.get("backbone"), record.get("data")) == key]
+        names = set().union(*(m.keys() for m in members)) if members else set()
+        differing[key] = {n for n in names if len({m.get(n) for m in members}) > 1}
+    variants = []
+    for record, mine in zip(records, settings):
+        parts = [VARIANT_FORMATS[name](json.loads(mine[name])) for name in VARIANT_FORMATS if name in mine]
+        key = (record.get("task"), record.get("backbone"), record.get("data"))
+        parts += [f"{name}={json.loads(mine[name]) if name in mine else '–'}" for name in sorted(differing[key])
+                  if name not in VARIANT_FORMATS]
+        variants.append(" ".join(parts))
+    return variants
+
+
+def _count_text(count: int) -> str:
+    return f"{count // 1000}k" if count >= 1000 and count % 1000 == 0 else f"{count:,}"
+
+
+def pretraining_budget(record: dict[str, Any]) -> str:
+    """``"10 ep × 10k img"``: configured pretraining epochs × pretraining images (empty for random init,
+    ``"no pretraining"`` for another row that trains nothing, epochs alone when the record does not say
+    how many images)."""
+    config = record.get("config") or {}
+    epochs = (config.get("trainer") or {}).get("max_epochs", record.get("epochs"))
+    images = record.get("pretrain_images")
+    if images is None:
+        data = config.get("data") or {}
+        images = data.get("num_pretrain") or (data.get("source") or {}).get("num_train")
+    if record.get("task") == "none":
+        return ""  # "random init" says it
+    if epochs == 0 or images == 0:
+        return "no pretraining"
+    if not isinstance(epochs, int):
+        return ""
+    return f"{epochs} ep × {_count_text(int(images))} img" if isinstance(images, int) else f"{epochs} ep"
+
+
+def _without(tree: Any, keys: set[str]) -> Any:
+    if isinstance(tree, dict):
+        return {k: _without(v, keys) for k, v in tree.items() if k not in keys}
+    return tree
+
+
+def floor_key(record: dict[str, Any]) -> str:
+    """What a row and its random-init floor must share: backbone, data and evaluation (their names and,
+    where the record holds its config, their settings), never the seed or pretraining-only settings."""
+    config = record.get("config") or {}
+    shared = {"backbone": record.get("backbone"), "data": record.get("data")}
+    for part in ("backbone", "data", "eval"):
+        if isinstance(config.get(part), dict):
+            shared[f"{part}_config"] = _without(config[part], NOT_FLOOR_KEYS)
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def stage_values(record: dict[str, Any]) -> dict[str, float]:
+    """Per-stage linear-probe test top-1 (``"<protocol>@<stage>"``, %) and dims (``"dim@<stage>"``)."""
+    values: dict[str, float] = {}
+    for name, result in (record.get("eval") or {}).items():
+        if not isinstance(result, dict) or not _is_linear_like(result):
+            continue
+        for stage, stage_result in (result.get("per_stage") or {}).items():
+            if isinstance(stage_result, dict) and isinstance(stage_result.get("top1"), (int, float)):
+                values[f"{name}@{stage}"] = 100 * float(stage_result["top1"])
+                if name == "linear" and isinstance(stage_result.get("dim"), int):
+                    values[f"dim@{stage}"] = float(stage_result["dim"])
+    return values
+
+
+def _floors(rows: list[Row]) -> dict[str, Row]:
+    return {row.floor: row for row in rows if str(row.task) == "none" and not row.failed}
+
+
+def attach_floor_deltas(rows: list[Row]) -> None:
+    """``row.values["floor_delta"]``: best-stage linear top-1 minus that of the random-init row of the
+    row's own backbone, data and evaluation (mean over seeds); rows without such a floor get none."""
+    floors = _floors(rows)
+    for row in rows:
+        floor = floors.get(row.floor)
+        if row.failed or floor is None or floor is row:
+            continue
+        mine, base = row.values.get("linear:best"), floor.values.get("linear:best")
+        if mine and base:
+            row.values["floor_delta"] = [statistics.fmean(mine) - statistics.fmean(base)]
+
+
+def _stages_of(rows: list[Row]) -> list[str]:
+    stages: list[str] = []
+    for row in rows:
+        for key in row.values:
+            if key.startswith("linear@") and key[len("linear@"):] not in stages:
+                stages.append(key[len("linear@"):])
+    return stages
+
+
+def stage_tables(rows: list[Row]) -> str:
+    """Markdown: linear-probe test top-1 of every stage, one table per (backbone, data), each pretext
+    row with its difference to its own random-init row at that stage in brackets."""
+    floors = _floors(rows)
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        if not row.failed and any(k.startswith("linear@") for k in row.values):
+            groups.setdefault((str(row.backbone), str(row.data)), []).append(row)
+    parts: list[str] = []
+    for (backbone, data), members in groups.items():
+        stages = _stages_of(members)
+        dims = [_format_number(next((r.values.get(f"dim@{s}") for r in members if r.values.get(f"dim@{s}")), None), 0)
+                for s in stages]
+        headers = ["task", "seeds", *[f"{s} ({d} features)" for s, d in zip(stages, dims)]]
+        lines = [f"Linear probe test top-1 % by stage — {backbone}, {data} (in brackets: points above the random "
+                 "init of the same backbone at that stage):", "",
+                 "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        for row in members:
+            floor = floors.get(row.floor)
+            cells = [row.label, _seeds_text(row)]
+            for stage in stages:
+                values = row.values.get(f"linear@{stage}")
+                text = _format_number(values, 1)
+                base = floor.values.get(f"linear@{stage}") if floor is not None and floor is not row else None
+                if values and base:
+                    text += f" ({statistics.fmean(values) - statistics.fmean(base):+.1f})"
+                cells.append(text)
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 # -- columns ------------------------------------------------------------------------------------------
@@ -253,8 +433,9 @@ def build_columns(rows: list[Row]) -> list[Column]:
             label = "linear" if name == "linear" else name
             columns.append(Column(
                 f"{name}:best", f"{label}{shot_text} top-1 % (best stage)", f"{name}_best_stage_top1",
-                f"**{label}{shot_text} (best stage)** — offline linear probe on frozen, pooled features of every stage "
-                f"(features standardised with train statistics; lr/weight decay from a sweep scored on a validation split "
+                f"**{label}{shot_text} (best stage)** — offline layer-wise linear probe on frozen features of every stage, "
+                f"each stage average-pooled to a grid of a few thousand features (sizes in the per-stage tables below; "
+                f"standardised with train statistics; lr/weight decay from a sweep scored on a validation split "
                 f"carved from train; {result.get('epochs', '?')} epochs); the stage with the best validation accuracy, "
                 f"named in brackets; test top-1.{shot_legend}",
                 stage_key=f"{name}:best_stage"))
@@ -262,6 +443,8 @@ def build_columns(rows: list[Row]) -> list[Column]:
                 f"{name}:last", f"{label}{shot_text} top-1 % (last stage)", f"{name}_last_stage_top1",
                 f"**{label}{shot_text} (last stage)** — the same probe on the last stage only (what a last-layer-only "
                 "table would report).", stage_key=None))
+            if name == "linear":
+                columns.extend(floor_columns(rows))
         elif name == "knn":
             columns.append(Column(
                 f"{name}:top1", f"kNN{shot_text} top-1 %", f"{name}_top1",
@@ -291,6 +474,22 @@ def build_columns(rows: list[Row]) -> list[Column]:
     columns.append(Column("minutes", "wall time (min)", "wall_time_min",
                           "**wall time** — pretraining + evaluation of one job, minutes.", decimals=1))
     return columns
+
+
+def floor_columns(rows: list[Row]) -> list[Column]:
+    """The difference to each row's own random init, when any row has one."""
+    if not any(row.values.get("floor_delta") for row in rows):
+        return []
+    recalibrated = any((record.get("eval") or {}).get("linear", {}).get("bn_recalibrated_images")
+                       for row in rows if str(row.task) == "none" for record in row.records)
+    bn_text = (" The random-init rows were evaluated with BatchNorm statistics re-estimated on training images "
+               "(`eval.bn_recalibration=auto`: on for rows that do not pretrain), since untrained running statistics "
+               "make BatchNorm an identity." if recalibrated else "")
+    return [Column(
+        "floor_delta", "Δ vs own random init (points)", "linear_best_minus_own_random_init",
+        "**Δ vs own random init** — best-stage linear top-1 minus that of the random-init row of the SAME backbone, "
+        "data and evaluation settings (mean over seeds; never another backbone's random init; – where the sweep has "
+        f"no such row).{bn_text}")]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -328,6 +527,9 @@ def _cell(row: Row, column: Column) -> str:
         label = (row.texts.get("pretext_metric") or ["?"])[0]
         decimals = 1 if label == "acc" else 4
         return f"{label} {_format_number(values, decimals)}"
+    if column.key == "floor_delta":
+        delta = row.values.get("floor_delta")
+        return f"{delta[0]:+.1f}" if delta else "–"
     text = _format_number(row.values.get(column.key), column.decimals)
     if column.stage_key and text != "–":
         stage = _stage_text(row, column.stage_key)
@@ -360,6 +562,9 @@ def to_markdown(rows: list[Row], columns: list[Column], sources: list[Path] | No
     legend.append("- **status** — `ok`, or `failed:` with the first line of the job's error (failed jobs are never "
                   "averaged into a row).")
     legend.append(f"- {REFERENCE_LEGEND}")
+    stages = stage_tables(rows)
+    if stages:
+        legend += ["", stages]
     if sources:
         legend.append("")
         legend.append("Merged from " + ", ".join(f"`{s}`" for s in sources)

@@ -34,7 +34,7 @@ from pretextlab import distributed
 from pretextlab.backbones.base import Backbone
 from pretextlab.checkpoints import AtomicCheckpointIO, resume_plan
 from pretextlab.config import ConfigError, config_dir, project_root, redact, scrub, validate_config
-from pretextlab.evaluation.runner import evaluate
+from pretextlab.evaluation.runner import evaluate, stage_pooling
 from pretextlab.io import atomic_write_json
 from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
 from pretextlab.rundir import (RESULTS_FILE, RUN_CONTROL_KEYS, ExistingResultsError, JobNotRunError, global_rank,
@@ -151,13 +151,18 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str
     results["online_probe"] = _metric_values(logged, "probe/")
     results["epochs"] = int(logged.get("progress/epochs", trainer.current_epoch))
     results["steps"] = int(logged.get("progress/steps", trainer.global_step))
+    results["pretrain_images"] = len(datamodule.split("pretrain").labels) if task.pretrains else 0
 
     eval_start = time.perf_counter()
     device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     protocols = {name: instantiate(p) for name, p in (cfg.eval.protocols or {}).items() if p is not None}
     if trainer.is_global_zero or not protocols:
-        results["eval"] = evaluate(task.encoder(), datamodule, protocols, cfg.eval.stages, int(cfg.eval.pool_size),
-                                   device, cache_dir=run_dir)
+        # Random init has untrained BatchNorm statistics (an identity in eval mode): re-estimate them.
+        recalibrate = cfg.eval.get("bn_recalibration", "auto")
+        recalibrate = not task.pretrains if recalibrate == "auto" else bool(recalibrate)
+        results["eval"] = evaluate(task.encoder(), datamodule, protocols, cfg.eval.stages, stage_pooling(cfg.eval),
+                                   device, cache_dir=run_dir, recalibrate_bn=recalibrate,
+                                   bn_images=int(cfg.eval.get("bn_images", 10_000)))
     eval_seconds = time.perf_counter() - eval_start
     headline_key = str(cfg.eval.headline)
     results["headline"] = {"metric": headline_key, "value": _lookup(results.get("eval", {}), headline_key)}

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretextlab.backbones.pooling import StagePooling, pool_map
+
 
 class Backbone(nn.Module):
     """A feature extractor organised in stages.
@@ -45,9 +47,13 @@ class Backbone(nn.Module):
         return self.pool(self.stage_outputs(images)[-1])
 
     def forward_stages(
-        self, images: torch.Tensor, stages: list[str] | None = None, pool_size: int = 1
+        self, images: torch.Tensor, stages: list[str] | None = None, pool_size: int | StagePooling = 1
     ) -> dict[str, torch.Tensor]:
-        """Pooled features of the named stages (all stages when ``stages`` is None)."""
+        """Pooled features of the named stages (all stages when ``stages`` is None).
+
+        ``pool_size``: one grid for every spatial stage, or a :class:`StagePooling` that picks a grid
+        per stage from its map (the layer-wise probe's rule); token stages use :meth:`pool` either way.
+        """
         wanted = list(self.stage_names) if stages is None else list(stages)
         unknown = [name for name in wanted if name not in self.stage_names]
         if unknown:
@@ -55,7 +61,15 @@ class Backbone(nn.Module):
                 f"backbone has no stage(s) {unknown}; its stages are {list(self.stage_names)}"
             )
         outputs = dict(zip(self.stage_names, self.stage_outputs(images), strict=True))
+        if isinstance(pool_size, StagePooling):
+            return {name: self._pool_stage(name, outputs[name], pool_size) for name in wanted}
         return {name: self.pool(outputs[name], pool_size) for name in wanted}
+
+    def _pool_stage(self, name: str, output: torch.Tensor, pooling: StagePooling) -> torch.Tensor:
+        if output.ndim != 4:
+            return self.pool(output)
+        channels, height, width = output.shape[1:]
+        return pool_map(output, pooling.grid(name, int(channels), int(height), int(width)))
 
     def stage_feature_dim(self, stage: str, pool_size: int = 1) -> int:
         index = self.stage_names.index(stage)

@@ -4,25 +4,29 @@ Evaluation knows nothing of tasks: it sees an encoder that maps [0, 1] images to
 (:class:`pretextlab.tasks.base.EvaluationEncoder`) and a datamodule that serves the splits.
 
 Protocols: :class:`LinearProbe` (``linear``), :class:`KNNProbe` (``knn``) work on features extracted
-once per run; :class:`FineTune` (``finetune``) trains a copy of the encoder itself.
+once per run; :class:`FineTune` (``finetune``) trains a copy of the encoder itself;
+:class:`RotNetClassifiers` (``rotnet_cifar``) trains RotNet's CIFAR classifiers on frozen stage maps.
 """
 
 from pretextlab.evaluation.extract import FeatureSet, extract_features, feature_fingerprint
 from pretextlab.evaluation.finetune import FineTune
 from pretextlab.evaluation.knn import KNNProbe, knn_scores
 from pretextlab.evaluation.linear import LinearProbe, train_linear_models
+from pretextlab.evaluation.rotnet import RotNetClassifiers
 from pretextlab.evaluation.runner import evaluate, resolve_stages
-from pretextlab.evaluation.splits import select_shots, stratified_split
+from pretextlab.evaluation.splits import labelled_split, select_shots, stratified_split
 
 __all__ = [
     "FeatureSet",
     "FineTune",
     "KNNProbe",
     "LinearProbe",
+    "RotNetClassifiers",
     "evaluate",
     "extract_features",
     "feature_fingerprint",
     "knn_scores",
+    "labelled_split",
     "resolve_stages",
     "select_shots",
     "stratified_split",

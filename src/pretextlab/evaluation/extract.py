@@ -14,6 +14,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from pretextlab.backbones.pooling import StagePooling
+
 log = logging.getLogger(__name__)
 
 #: Cache files are named ``features-<fingerprint>.pt`` inside the cache directory.
@@ -41,7 +43,7 @@ def extract_features(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     prepare: Callable[[torch.Tensor], torch.Tensor],
     stages: list[str],
-    pool_size: int = 1,
+    pool_size: int | StagePooling = 1,
     device: torch.device | str = "cpu",
 ) -> FeatureSet:
     """Run ``encoder.forward_stages`` over every batch of ``batches`` in eval mode.
@@ -72,12 +74,13 @@ def _update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
     digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
-def feature_fingerprint(encoder: nn.Module, stages: list[str], pool_size: int,
+def feature_fingerprint(encoder: nn.Module, stages: list[str], pool_size: int | StagePooling,
                         data: dict[str, Any] | None = None) -> str:
     """A hash of everything extracted features depend on: weights and buffers, stages, pooling, input
     preparation, and (when given) the split tensors. Different weights ⇒ a different cache file."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"stages={list(stages)};pool={pool_size};".encode())
+    pool = pool_size.describe() if isinstance(pool_size, StagePooling) else pool_size
+    digest.update(f"stages={list(stages)};pool={pool};".encode())
     prepare = getattr(encoder, "prepare", None)
     digest.update(f"encoder={type(encoder).__qualname__};prepare={getattr(prepare, '__qualname__', None)};".encode())
     for name, tensor in sorted(encoder.state_dict().items()):

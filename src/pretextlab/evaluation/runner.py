@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import torch
 
+from pretextlab.backbones.pooling import StagePooling
+from pretextlab.evaluation.batchnorm import recalibrate_batchnorm
 from pretextlab.evaluation.extract import (
     FeatureSet,
     extract_features,
@@ -16,6 +18,7 @@ from pretextlab.evaluation.extract import (
     load_cached_features,
     save_cached_features,
 )
+from pretextlab.evaluation.finetune import copy_encoder
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,24 @@ def resolve_stages(encoder: Any, stages: str | list[str]) -> list[str]:
     return [s for s in names if s in wanted]
 
 
+def stage_pooling(eval_cfg: Any) -> StagePooling:
+    """The :class:`StagePooling` of an ``eval`` config node (``pool_size``, ``pool_dim``, ``pool_grids``)."""
+    size = eval_cfg.get("pool_size")
+    grids = eval_cfg.get("pool_grids") or {}
+    return StagePooling(target_dim=int(eval_cfg.get("pool_dim", 2048)), size=None if size is None else int(size),
+                        grids={str(k): int(v) for k, v in dict(grids).items()})
+
+
 def evaluate(
     encoder: Any,
     datamodule: Any,
     protocols: dict[str, Any],
     stages: str | list[str] = "all",
-    pool_size: int = 1,
+    pool_size: int | StagePooling = 1,
     device: str | torch.device = "cpu",
     cache_dir: str | Path | None = None,
+    recalibrate_bn: bool = False,
+    bn_images: int = 10_000,
 ) -> dict[str, Any]:
     """Run every protocol; returns ``{protocol name: its result dict}``.
 
@@ -66,6 +79,9 @@ def evaluate(
     feature protocols on a copy of the encoder. With ``cache_dir`` (train.py passes the run
     directory) the extracted features are saved under ``<cache_dir>/eval_cache/`` keyed by a
     fingerprint of the encoder's weights, stages, pooling and data, and reused by a re-run.
+    ``recalibrate_bn``: every protocol sees a copy of the encoder whose BatchNorm statistics were
+    re-estimated on up to ``bn_images`` training images (the random-init row; see
+    :mod:`pretextlab.evaluation.batchnorm`); each result then records ``bn_recalibrated_images``.
     """
     results: dict[str, Any] = {}
     if not protocols:
@@ -77,18 +93,33 @@ def evaluate(
     if unknown:
         raise TypeError(f"eval protocols {unknown} have neither run(train, test, num_classes) nor "
                         "run_model(encoder, datamodule, device)")
+    notes: dict[str, Any] = {}
+    if recalibrate_bn:
+        encoder, notes["bn_recalibrated_images"] = _recalibrated(encoder, datamodule, bn_images, device)
     if feature_protocols:
         train, test, extraction = _features(encoder, datamodule, resolve_stages(encoder, stages), pool_size, device,
                                             cache_dir)
         for name, protocol in feature_protocols.items():
             results[name] = protocol.run(train, test, datamodule.num_classes)
             results[name].update(extraction)
+            results[name].update(notes)
     for name, protocol in model_protocols.items():
         results[name] = protocol.run_model(encoder, datamodule, device)
+        results[name].update(notes)
     return results
 
 
-def _features(encoder: Any, datamodule: Any, stage_list: list[str], pool_size: int, device: str | torch.device,
+def _recalibrated(encoder: Any, datamodule: Any, max_images: int, device: str | torch.device) -> tuple[Any, int]:
+    """A copy of ``encoder`` with BatchNorm statistics from training images (the original is untouched)."""
+    copy = copy_encoder(encoder).to(device)
+    seen = recalibrate_batchnorm(copy, datamodule.eval_dataloader("train"),
+                                 lambda images: datamodule.prepare_images(images, augment=False), max_images, device)
+    log.info("re-estimated BatchNorm statistics on %d training images", seen)
+    return copy, seen
+
+
+def _features(encoder: Any, datamodule: Any, stage_list: list[str], pool_size: int | StagePooling,
+              device: str | torch.device,
               cache_dir: str | Path | None) -> tuple[FeatureSet, FeatureSet, dict[str, Any]]:
     """Train and test features, from the cache when the same weights were extracted before."""
     start = time.perf_counter()

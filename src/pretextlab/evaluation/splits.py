@@ -63,3 +63,22 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int = 0) -
     fit_index = torch.cat(fit).sort().values if fit else empty
     val_index = torch.cat(val).sort().values if val else empty
     return fit_index, val_index
+
+
+def labelled_split(labels: torch.Tensor, val_fraction: float, shots_per_class: int | None = None,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train indices, val indices)`` of the labelled entries of ``labels`` (``-1`` = unlabeled).
+
+    The validation part is carved first (stratified, ``val_fraction`` of every class); with
+    ``shots_per_class=k`` the training part is then k images per class drawn from the rest, so the
+    semi-supervised subsets (RotNet's 20 / 100 / 400 labels per class) never overlap validation and
+    every k of one seed shares the same validation images. Both draws are seeded.
+    """
+    labelled = torch.nonzero(labels >= 0, as_tuple=False).flatten()
+    if len(labelled) == 0:
+        raise ValueError("evaluation needs labelled training images, but every train label is -1")
+    fit, val = stratified_split(labels[labelled], val_fraction, seed)
+    fit, val = labelled[fit], labelled[val]
+    if shots_per_class is not None:
+        fit = fit[select_shots(labels[fit], shots_per_class, seed)]
+    return fit, val
