@@ -242,13 +242,21 @@ class PretextDataModule(L.LightningDataModule):
             images, labels = data.images[index], data.labels[index]
         else:
             images, labels = batch
-        return self.prepare_images(images, augment=training), labels
+        return self.prepare_images(images, augment=training, padding_mode=self._task_padding_mode()), labels
 
-    def prepare_images(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` → float [0, 1], augmented when ``augment``; stays on its device."""
+    def _task_padding_mode(self) -> str:
+        """The attached task's ``crop_padding_mode``: tile and patch tasks must not see zero borders."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return str(getattr(module, "crop_padding_mode", "constant"))
+
+    def prepare_images(self, images: torch.Tensor, augment: bool, padding_mode: str = "constant") -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` → float [0, 1], augmented when ``augment``; stays on its device.
+
+        ``padding_mode`` is how the random crop pads (``ops.augment.PADDING_MODES``).
+        """
         floats = images.float().div_(255.0)
         if augment:
-            floats = random_crop_with_padding(floats, self.crop_padding)
+            floats = random_crop_with_padding(floats, self.crop_padding, mode=padding_mode)
             if self.horizontal_flip:
                 floats = random_horizontal_flip(floats)
         return floats
