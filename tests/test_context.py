@@ -115,15 +115,15 @@ def test_layout_that_does_not_fit_fails_clearly() -> None:
     from pretextlab.backbones import build_backbone
 
     with pytest.raises(TaskConfigError, match=r"needs 86 px .*images are 64x64.*task.patch_size"):
-        ContextTask(backbone=build_backbone("convnet"), patch_size=24, image_size=32)
+        ContextTask(backbone=build_backbone("convnet"), patch_size=24, image_size=32, min_cut_size=64)
     with pytest.raises(TaskConfigError, match=r"needs 44 px .*task.patch_size"):
-        ContextTask(backbone=build_backbone("convnet"), patch_size=12, image_size=32, min_cut_size=0)
+        ContextTask(backbone=build_backbone("convnet"), patch_size=12, image_size=32)
 
 
 def test_the_layout_has_room_to_move_at_32_px() -> None:
     from pretextlab.backbones import build_backbone
 
-    task = ContextTask(backbone=build_backbone("convnet"), image_size=32)
+    task = ContextTask(backbone=build_backbone("convnet"), image_size=32, min_cut_size=64, layout_room=None)
     assert task.cut_size == 64 and task.layout == PatchLayout(patch=14, gap=6, jitter=1)
     cut = task.cut_images(torch.rand(64, 3, 32, 32))
     pairs = sample_patch_pairs(cut, task.layout, 4, generator=torch.Generator().manual_seed(0))

@@ -335,6 +335,20 @@ def _cell(row: Row, column: Column) -> str:
     return text
 
 
+def _status(row: Row) -> str:
+    """``ok``; a failed job's first error line; or the shortcut audit's flag (``python -m pretextlab.audit``)."""
+    if row.failed:
+        return row.status
+    audits = [r["audit"] for r in row.records if isinstance(r.get("audit"), dict) and r["audit"].get("applicable")]
+    flagged = [a for a in audits if a.get("flagged")]
+    if flagged:
+        worst = max(100 * float(a["content_free_acc"]) for a in flagged)
+        chance = 100 * float(flagged[0]["chance"])
+        return (f"shortcut: {len(flagged)}/{len(row.records)} seed(s) flagged by the audit "
+                f"(content-free pretext acc up to {worst:.1f} %, chance {chance:.1f} %)")
+    return "ok (audited)" if audits else "ok"
+
+
 def _reference(row: Row) -> str:
     value = REFERENCE_IMAGENET_LINEAR.get(str(row.task))
     return "–" if value is None else f"~{value:.0f}"
@@ -351,14 +365,16 @@ def to_markdown(rows: list[Row], columns: list[Column], sources: list[Path] | No
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
         cells = [row.label, str(row.backbone or "–"), str(row.data or "–"), _seeds_text(row),
-                 *[_cell(row, c) for c in columns], row.status if row.failed else "ok",
+                 *[_cell(row, c) for c in columns], _status(row),
                  f"*{_reference(row)}*" if _reference(row) != "–" else "–"]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     legend = ["", "Columns:", ""]
     legend.append("- **seeds** — the seeds averaged in the row; several seeds show mean ± sample std.")
     legend.extend(f"- {column.legend}" for column in columns)
     legend.append("- **status** — `ok`, or `failed:` with the first line of the job's error (failed jobs are never "
-                  "averaged into a row).")
+                  "averaged into a row); `ok (audited)` / `shortcut:` after `python -m pretextlab.audit <run dir>`: "
+                  "a shortcut is flagged when the trained model solves its puzzle far above chance on inputs "
+                  "without content.")
     legend.append(f"- {REFERENCE_LEGEND}")
     if sources:
         legend.append("")
@@ -387,7 +403,7 @@ def to_csv(rows: list[Row], columns: list[Column]) -> str:
     writer.writerow(csv_header(columns))
     for row in rows:
         line: list[Any] = [row.task, row.label, row.backbone, row.data, ";".join(str(s) for s in row.seeds),
-                           len(row.records), row.status if row.failed else "ok"]
+                           len(row.records), _status(row)]
         for column in columns:
             values = None if row.failed else row.values.get(column.key)
             mean, std = _mean_std(values) if values else (None, None)

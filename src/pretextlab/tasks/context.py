@@ -36,8 +36,10 @@ class ContextTask(PretextTask):
     patch features (``online_probe_features: pretext``) or, with ``images``, whole images too.
 
     Room to move: the layout is cut from images resized (bilinear) up to ``min_cut_size`` px when
-    they are smaller, and the default layout leaves ``layout_room`` px of free play (default: an
-    eighth of the cut size) for its random origin. At 32 px the scaled original layout (patch 8,
+    they are smaller, and the default layout leaves ``layout_room`` px of free play (``None``: an
+    eighth of the cut size) for its random origin. (The constructor's defaults, 0 and 0, are the
+    old geometry, so that configs written before these keys existed rebuild the same task;
+    ``conf/task/context.yaml`` sets 64 and an eighth.) At 32 px the scaled original layout (patch 8,
     gap 3, jitter 1) fills the image exactly, so the centre patch always sat on the same pixels
     and each label was one fixed absolute position; at 64 px with 8 px of room the layout is
     14 / 6 / 1 px and its origin takes 9 × 9 positions. The training crop is reflect-padded
@@ -59,8 +61,8 @@ class ContextTask(PretextTask):
         jitter: int | None = None,
         pairs_per_image: int = 2,
         min_input_size: int = 16,
-        min_cut_size: int = 64,
-        layout_room: int | None = None,
+        min_cut_size: int = 0,
+        layout_room: int | None = 0,
         color_drop: bool = False,
         color_drop_noise: float = 0.01,
         grayscale_fraction: float = 0.0,

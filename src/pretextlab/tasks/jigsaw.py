@@ -51,7 +51,8 @@ class JigsawTask(PretextTask):
     ``reflect`` in ``conf/task/jigsaw.yaml``. ``python -m pretextlab.audit`` measures what is left.
 
     Tiles are standardised on their own (``normalize_tiles``; per colour channel with
-    ``normalize_per_channel``, as the original code does) or, if that is off, with the dataset's
+    ``normalize_per_channel``, as the original code does; the constructor default is off, as
+    configs written before the key existed were trained, ``conf/task/jigsaw.yaml`` turns it on) or, if that is off, with the dataset's
     channel statistics like whole images. Evaluation runs the backbone on whole images
     with the default channel normalisation; the online probe reads the mean of each puzzle's tile
     features (``online_probe_features: pretext``) or, with ``images``, whole images too.
@@ -76,7 +77,7 @@ class JigsawTask(PretextTask):
         color_jitter_px: int = 1,
         tile_input_size: int | str | None = "auto",
         min_stage_map: int = 2,
-        normalize_per_channel: bool = True,
+        normalize_per_channel: bool = False,
         head_hidden: int = 256,
         **kwargs: Any,
     ) -> None:
