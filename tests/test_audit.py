@@ -44,7 +44,8 @@ class PaddingCheatTask(PretextTask):
 
 
 def _datamodule() -> PretextDataModule:
-    return PretextDataModule(SyntheticSource(num_train=256, num_test=256, seed=0), batch_size=64, crop_padding=2)
+    return PretextDataModule(SyntheticSource(num_train=256, num_test=128, image_size=16, seed=0), batch_size=64,
+                             crop_padding=2)
 
 
 def _train(task: PretextTask, datamodule: PretextDataModule, steps: int) -> None:
@@ -63,7 +64,7 @@ def _train(task: PretextTask, datamodule: PretextDataModule, steps: int) -> None
 
 def test_a_task_that_reads_its_label_from_the_padding_is_flagged() -> None:
     datamodule = _datamodule()
-    task = PaddingCheatTask(backbone=ConvNet(width=8), online_probe=False)
+    task = PaddingCheatTask(backbone=ConvNet(width=8), online_probe=False, image_size=16)
     _train(task, datamodule, steps=40)
     audit = audit_task(task, datamodule, datamodule.split("test").images)
     assert audit["content_acc"] > 0.9, audit
@@ -72,7 +73,7 @@ def test_a_task_that_reads_its_label_from_the_padding_is_flagged() -> None:
 
 def test_rotation_passes_the_audit() -> None:
     datamodule = _datamodule()
-    task = RotationTask(backbone=ConvNet(width=8), online_probe=False)
+    task = RotationTask(backbone=ConvNet(width=8), online_probe=False, image_size=16)
     _train(task, datamodule, steps=40)
     audit = audit_task(task, datamodule, datamodule.split("test").images)
     assert audit["content_acc"] > 0.4, audit  # it learnt something from the images ...

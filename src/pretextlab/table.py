@@ -46,6 +46,17 @@ REFERENCE_LEGEND = (
     "(context encoder) and MAE have no published number in that setting (–)."
 )
 
+#: RotNet's published CIFAR-10 figures (Gidaris et al. 2018; NIN, classifiers on frozen block-2 maps), the
+#: reference of rows run in RotNet's own setting (backbone nin on CIFAR-10: experiment=rotnet_cifar_gpu).
+REFERENCE_ROTNET_CIFAR = {"rotation": "RotNet CIFAR-10 block2: 89.06 non-linear / 91.16 conv",
+                          "none": "RotNet CIFAR-10 random init + conv: 72.50",
+                          "supervised": "RotNet CIFAR-10 supervised NIN: 92.80"}
+REFERENCE_ROTNET_LEGEND = (
+    "**reference** of rows on the `nin` backbone with CIFAR-10 (RotNet's own setting, `experiment=rotnet_cifar_gpu`): "
+    "RotNet's published CIFAR-10 top-1 from classifiers on frozen block-2 maps (non-linear MLP, conv block), "
+    "not a linear probe and not measured here."
+)
+
 #: Pretext metrics a table can show, in order of preference: (results key, label, is accuracy).
 #: (inpainting logs ``masked_mse``, MAE ``mse``, regression colorization ``ab_mse``; see tasks/.)
 PRETEXT_METRICS = [
@@ -349,7 +360,13 @@ def _status(row: Row) -> str:
     return "ok (audited)" if audits else "ok"
 
 
+def _is_rotnet_setting(row: Row) -> bool:
+    return str(row.backbone) == "nin" and str(row.data).startswith("cifar10")
+
+
 def _reference(row: Row) -> str:
+    if _is_rotnet_setting(row):
+        return REFERENCE_ROTNET_CIFAR.get(str(row.task), "–")
     value = REFERENCE_IMAGENET_LINEAR.get(str(row.task))
     return "–" if value is None else f"~{value:.0f}"
 
@@ -376,6 +393,8 @@ def to_markdown(rows: list[Row], columns: list[Column], sources: list[Path] | No
                   "a shortcut is flagged when the trained model solves its puzzle far above chance on inputs "
                   "without content.")
     legend.append(f"- {REFERENCE_LEGEND}")
+    if any(_is_rotnet_setting(row) for row in rows):
+        legend.append(f"- {REFERENCE_ROTNET_LEGEND}")
     if sources:
         legend.append("")
         legend.append("Merged from " + ", ".join(f"`{s}`" for s in sources)
@@ -414,7 +433,7 @@ def to_csv(rows: list[Row], columns: list[Column]) -> str:
             line += [_round(mean), _round(std)]
             if column.stage_key:
                 line.append(_stage_text(row, column.stage_key) if not row.failed else "")
-        reference = REFERENCE_IMAGENET_LINEAR.get(str(row.task))
+        reference = None if _is_rotnet_setting(row) else REFERENCE_IMAGENET_LINEAR.get(str(row.task))
         line.append("" if reference is None else reference)
         writer.writerow(["" if v is None else v for v in line])
     return buffer.getvalue()
