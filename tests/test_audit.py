@@ -77,7 +77,8 @@ def test_rotation_passes_the_audit() -> None:
     _train(task, datamodule, steps=40)
     audit = audit_task(task, datamodule, datamodule.split("test").images)
     assert audit["content_acc"] > 0.4, audit  # it learnt something from the images ...
-    assert audit["content_free_acc"] == pytest.approx(0.25, abs=0.02), audit  # ... and nothing from their frame
+    # ... and nothing from their frame (512 puzzles: one binomial standard error is 1.9 points).
+    assert abs(audit["content_free_acc"] - 0.25) < 0.05, audit
     assert not audit["flagged"]
 
 
