@@ -114,8 +114,24 @@ def test_layout_that_does_not_fit_fails_clearly() -> None:
         default_patch_layout(10)
     from pretextlab.backbones import build_backbone
 
+    with pytest.raises(TaskConfigError, match=r"needs 86 px .*images are 64x64.*task.patch_size"):
+        ContextTask(backbone=build_backbone("convnet"), patch_size=24, image_size=32, min_cut_size=64)
     with pytest.raises(TaskConfigError, match=r"needs 44 px .*task.patch_size"):
         ContextTask(backbone=build_backbone("convnet"), patch_size=12, image_size=32)
+
+
+def test_the_layout_has_room_to_move_at_32_px() -> None:
+    from pretextlab.backbones import build_backbone
+
+    task = ContextTask(backbone=build_backbone("convnet"), image_size=32, min_cut_size=64, layout_room=None)
+    assert task.cut_size == 64 and task.layout == PatchLayout(patch=14, gap=6, jitter=1)
+    cut = task.cut_images(torch.rand(64, 3, 32, 32))
+    pairs = sample_patch_pairs(cut, task.layout, 4, generator=torch.Generator().manual_seed(0))
+    origin = pairs.centre_yx - task.layout.jitter - task.layout.step  # up to the centre's own jitter
+    assert origin.min() <= -1 and origin.max() >= 64 - task.layout.extent + 1  # 9 origins per axis, ±1 jitter
+    # Without the upsampling and the room the layout fills the image: a single origin.
+    tight = ContextTask(backbone=build_backbone("convnet"), image_size=32, min_cut_size=0, layout_room=0)
+    assert tight.layout == PatchLayout(patch=8, gap=3, jitter=1) and tight.layout.extent == 32
 
 
 def test_color_dropping_keeps_one_channel_and_noises_the_others() -> None:

@@ -198,12 +198,41 @@ def test_config_composes_and_runs_one_step(backbone: str, make_config) -> None:
     assert panel.ndim == 3 and panel.shape[0] == 3
 
 
-def test_tiles_as_cut_by_default(make_config) -> None:
+def test_auto_tile_size_keeps_every_stage_map_at_least_2x2(make_config) -> None:
+    # 8 px tiles (3x3 at 32 px) would leave the convnet's blocks 3 and 4 with 1x1 maps.
     task = build_task(["task.normalize_tiles=false"], make_config)
     shapes: list[tuple[int, ...]] = []
     task.backbone.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
     task.pretext_step(torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+    assert shapes == [(18, 3, 16, 16)]
+    maps = task.backbone.stage_outputs(torch.zeros(1, 3, 16, 16))
+    assert min(m.shape[-1] for m in maps) == 2
+    assert min(m.shape[-1] for m in task.backbone.stage_outputs(torch.zeros(1, 3, 15, 15))) == 1
+
+
+def test_tiles_as_cut_with_null_input_size(make_config) -> None:
+    task = build_task(["task.normalize_tiles=false", "task.tile_input_size=null"], make_config)
+    shapes: list[tuple[int, ...]] = []
+    task.backbone.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    task.pretext_step(torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
     assert shapes == [(18, 3, 8, 8)]
+
+
+def test_auto_tile_size_leaves_batchnorm_statistics_alone() -> None:
+    backbone = ConvNet()
+    before = [b.clone() for b in backbone.buffers()]
+    JigsawTask(backbone=backbone, image_size=32)
+    assert all(torch.equal(a, b) for a, b in zip(before, backbone.buffers()))
+    assert backbone.training
+
+
+def test_per_channel_tile_normalisation_standardises_each_channel() -> None:
+    tiles = torch.rand(2, 4, 3, 6, 6) * torch.tensor([1.0, 3.0, 0.2]).view(3, 1, 1) + 5.0
+    out = normalize_tiles(tiles, per_channel=True)
+    assert torch.allclose(out.mean(dim=(-2, -1)), torch.zeros(2, 4, 3), atol=1e-5)
+    assert torch.allclose(out.square().mean(dim=(-2, -1)), torch.ones(2, 4, 3), atol=1e-3)
+    whole = normalize_tiles(tiles, per_channel=False)
+    assert not torch.allclose(whole.mean(dim=(-2, -1)), torch.zeros(2, 4, 3), atol=1e-2)
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,17 @@ REFERENCE_LEGEND = (
     "(context encoder) and MAE have no published number in that setting (–)."
 )
 
+#: RotNet's published CIFAR-10 figures (Gidaris et al. 2018; NIN, classifiers on frozen block-2 maps), the
+#: reference of rows run in RotNet's own setting (backbone nin on CIFAR-10: experiment=rotnet_cifar_gpu).
+REFERENCE_ROTNET_CIFAR = {"rotation": "RotNet CIFAR-10 block2: 89.06 non-linear / 91.16 conv",
+                          "none": "RotNet CIFAR-10 random init + conv: 72.50",
+                          "supervised": "RotNet CIFAR-10 supervised NIN: 92.80"}
+REFERENCE_ROTNET_LEGEND = (
+    "**reference** of rows on the `nin` backbone with CIFAR-10 (RotNet's own setting, `experiment=rotnet_cifar_gpu`): "
+    "RotNet's published CIFAR-10 top-1 from classifiers on frozen block-2 maps (non-linear MLP, conv block), "
+    "not a linear probe and not measured here."
+)
+
 #: Pretext metrics a table can show, in order of preference: (results key, label, is accuracy).
 #: (inpainting logs ``masked_mse``, MAE ``mse``, regression colorization ``ab_mse``; see tasks/.)
 PRETEXT_METRICS = [
@@ -537,7 +548,27 @@ def _cell(row: Row, column: Column) -> str:
     return text
 
 
+def _status(row: Row) -> str:
+    """``ok``; a failed job's first error line; or the shortcut audit's flag (``python -m pretextlab.audit``)."""
+    if row.failed:
+        return row.status
+    audits = [r["audit"] for r in row.records if isinstance(r.get("audit"), dict) and r["audit"].get("applicable")]
+    flagged = [a for a in audits if a.get("flagged")]
+    if flagged:
+        worst = max(100 * float(a["content_free_acc"]) for a in flagged)
+        chance = 100 * float(flagged[0]["chance"])
+        return (f"shortcut: {len(flagged)}/{len(row.records)} seed(s) flagged by the audit "
+                f"(content-free pretext acc up to {worst:.1f} %, chance {chance:.1f} %)")
+    return "ok (audited)" if audits else "ok"
+
+
+def _is_rotnet_setting(row: Row) -> bool:
+    return str(row.backbone) == "nin" and str(row.data).startswith("cifar10")
+
+
 def _reference(row: Row) -> str:
+    if _is_rotnet_setting(row):
+        return REFERENCE_ROTNET_CIFAR.get(str(row.task), "–")
     value = REFERENCE_IMAGENET_LINEAR.get(str(row.task))
     return "–" if value is None else f"~{value:.0f}"
 
@@ -553,15 +584,19 @@ def to_markdown(rows: list[Row], columns: list[Column], sources: list[Path] | No
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
         cells = [row.label, str(row.backbone or "–"), str(row.data or "–"), _seeds_text(row),
-                 *[_cell(row, c) for c in columns], row.status if row.failed else "ok",
+                 *[_cell(row, c) for c in columns], _status(row),
                  f"*{_reference(row)}*" if _reference(row) != "–" else "–"]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     legend = ["", "Columns:", ""]
     legend.append("- **seeds** — the seeds averaged in the row; several seeds show mean ± sample std.")
     legend.extend(f"- {column.legend}" for column in columns)
     legend.append("- **status** — `ok`, or `failed:` with the first line of the job's error (failed jobs are never "
-                  "averaged into a row).")
+                  "averaged into a row); `ok (audited)` / `shortcut:` after `python -m pretextlab.audit <run dir>`: "
+                  "a shortcut is flagged when the trained model solves its puzzle far above chance on inputs "
+                  "without content.")
     legend.append(f"- {REFERENCE_LEGEND}")
+    if any(_is_rotnet_setting(row) for row in rows):
+        legend.append(f"- {REFERENCE_ROTNET_LEGEND}")
     stages = stage_tables(rows)
     if stages:
         legend += ["", stages]
@@ -592,7 +627,7 @@ def to_csv(rows: list[Row], columns: list[Column]) -> str:
     writer.writerow(csv_header(columns))
     for row in rows:
         line: list[Any] = [row.task, row.label, row.backbone, row.data, ";".join(str(s) for s in row.seeds),
-                           len(row.records), row.status if row.failed else "ok"]
+                           len(row.records), _status(row)]
         for column in columns:
             values = None if row.failed else row.values.get(column.key)
             mean, std = _mean_std(values) if values else (None, None)
@@ -603,7 +638,7 @@ def to_csv(rows: list[Row], columns: list[Column]) -> str:
             line += [_round(mean), _round(std)]
             if column.stage_key:
                 line.append(_stage_text(row, column.stage_key) if not row.failed else "")
-        reference = REFERENCE_IMAGENET_LINEAR.get(str(row.task))
+        reference = None if _is_rotnet_setting(row) else REFERENCE_IMAGENET_LINEAR.get(str(row.task))
         line.append("" if reference is None else reference)
         writer.writerow(["" if v is None else v for v in line])
     return buffer.getvalue()

@@ -7,10 +7,12 @@ from typing import Any
 
 from pretextlab.backbones.base import Backbone
 from pretextlab.backbones.convnet import ConvNet
+from pretextlab.backbones.nin import NIN
 from pretextlab.backbones.resnet import ResNet
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {
     "convnet": ConvNet,
+    "nin": NIN,
     "resnet18": lambda **kw: ResNet(arch="resnet18", **kw),
     "resnet34": lambda **kw: ResNet(arch="resnet34", **kw),
     "resnet50": lambda **kw: ResNet(arch="resnet50", **kw),
@@ -47,4 +49,4 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["Backbone", "ConvNet", "ResNet", "build_backbone", "register_backbone", "available_backbones"]
+__all__ = ["Backbone", "ConvNet", "NIN", "ResNet", "build_backbone", "register_backbone", "available_backbones"]

@@ -351,16 +351,22 @@ class PretextDataModule(L.LightningDataModule):
             from pretextlab.data.streaming import decode_on_device
 
             images = decode_on_device(images, self._train_crop, labels.device)
-        return self.prepare_images(images, augment=training), labels
+        return self.prepare_images(images, augment=training, padding_mode=self._task_padding_mode()), labels
 
-    def prepare_images(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
+    def _task_padding_mode(self) -> str:
+        """The attached task's ``crop_padding_mode``: tile and patch tasks must not see zero borders."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return str(getattr(module, "crop_padding_mode", "constant"))
+
+    def prepare_images(self, images: torch.Tensor, augment: bool, padding_mode: str = "constant") -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` → float [0, 1], augmented when ``augment``; stays on its device.
 
         Streamed images were augmented by the loader workers already: only converted here.
+        ``padding_mode`` is how the random crop pads (``ops.augment.PADDING_MODES``).
         """
         floats = images.float().div_(255.0)
         if augment and not self.streaming:
-            floats = random_crop_with_padding(floats, self.crop_padding)
+            floats = random_crop_with_padding(floats, self.crop_padding, mode=padding_mode)
             if self.horizontal_flip:
                 floats = random_horizontal_flip(floats)
         return floats

@@ -5,17 +5,31 @@ from __future__ import annotations
 import torch
 
 
-def random_crop_with_padding(
-    images: torch.Tensor, padding: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Pad every image with zeros by ``padding`` pixels and cut a random same-size crop.
+#: How :func:`random_crop_with_padding` fills the border: ``constant`` (zeros, the CIFAR
+#: convention), ``reflect`` (mirrored content, so the border carries no mark of its own) or
+#: ``none`` (no pad-crop at all: the images pass unchanged).
+PADDING_MODES = ("constant", "reflect", "none")
 
-    One gather over the whole batch; each image gets its own offset.
+
+def random_crop_with_padding(
+    images: torch.Tensor, padding: int, generator: torch.Generator | None = None, mode: str = "constant"
+) -> torch.Tensor:
+    """Pad every image by ``padding`` pixels and cut a random same-size crop.
+
+    ``mode="constant"`` pads with zeros; ``"reflect"`` mirrors the image at its border; ``"none"``
+    returns the batch as it is. Tasks that
+    cut tiles or patches at known positions need ``reflect``: a zero strip inside a crop marks the
+    image border, so a tile or patch that shows it gives away where it was cut. One gather over
+    the whole batch; each image gets its own offset.
     """
-    if padding <= 0:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding mode {mode!r}: choose one of {list(PADDING_MODES)}")
+    if padding <= 0 or mode == "none":
         return images
     batch, channels, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    if mode == "reflect" and padding >= min(height, width):
+        raise ValueError(f"reflect padding of {padding} px needs images larger than {padding} px, got {height}x{width}")
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding), mode=mode)
     offsets_y = torch.randint(0, 2 * padding + 1, (batch,), device=images.device, generator=generator)
     offsets_x = torch.randint(0, 2 * padding + 1, (batch,), device=images.device, generator=generator)
     rows = offsets_y[:, None] + torch.arange(height, device=images.device)[None, :]  # (B, H)

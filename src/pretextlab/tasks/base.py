@@ -3,8 +3,9 @@
 A task subclass provides only what is specific to it:
 
 - :meth:`PretextTask.pretext_step` — its batched on-device transform, head(s) and loss;
-- optionally :meth:`PretextTask.backbone_input` (how clean images enter the backbone) and
-  :meth:`PretextTask.visualize` (its image panel);
+- optionally :meth:`PretextTask.backbone_input` (how clean images enter the backbone),
+  :meth:`PretextTask.visualize` (its image panel) and :meth:`PretextTask.content_free_images`
+  (inputs without content, for the shortcut audit);
 - the class attributes ``chance_accuracy`` / ``pretrains`` / ``requires``.
 """
 
@@ -23,7 +24,7 @@ import torchmetrics
 from torch import nn
 
 from pretextlab.backbones.base import Backbone
-from pretextlab.ops.augment import normalize
+from pretextlab.ops.augment import PADDING_MODES, normalize
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -125,6 +126,7 @@ class PretextTask(L.LightningModule):
         panel_images: int = 8,
         lr_scaling: str = "none",
         base_batch_size: int = 256,
+        crop_padding_mode: str = "constant",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -148,6 +150,10 @@ class PretextTask(L.LightningModule):
             raise TaskConfigError(f"task.lr_scaling={lr_scaling!r}: choose none, linear or sqrt")
         self.lr_scaling = lr_scaling
         self.base_batch_size = base_batch_size
+        if crop_padding_mode not in PADDING_MODES:
+            raise TaskConfigError(f"task.crop_padding_mode={crop_padding_mode!r}: choose one of {list(PADDING_MODES)}")
+        #: How the DataModule's random crop pads this task's training images (read by the DataModule).
+        self.crop_padding_mode = crop_padding_mode
         if self.online_probe:
             self.probe = nn.Linear(backbone.feature_dim, num_classes)
             self.probe_train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
@@ -165,6 +171,15 @@ class PretextTask(L.LightningModule):
     def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named image grids ``(3, H, W)`` in [0, 1] showing the task's inputs and outputs."""
         return {}
+
+    def content_free_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images with their content removed, for the shortcut audit (:mod:`pretextlab.audit`).
+
+        Default: every image becomes flat, filled with its own mean colour, so that whatever the
+        task's transform adds (padding, borders, tile and patch positions) is all that is left.
+        A task whose pretext input is not built from the image pixels alone overrides this.
+        """
+        return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).contiguous()
 
     # -- shared machinery -----------------------------------------------------------------------
     def _check_backbone(self, backbone: Backbone, in_channels: int) -> None:
@@ -353,6 +368,27 @@ def _numpy_state_to_plain(state: Any) -> tuple[Any, ...]:
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy of ``logits`` against integer ``targets`` (a float scalar tensor)."""
     return (logits.argmax(dim=-1) == targets).float().mean()
+
+
+def smallest_input_size(backbone: Backbone, min_map: int, start: int, limit: int) -> int:
+    """The smallest square input side ``>= start`` at which every spatial stage map is ``>= min_map`` px.
+
+    Found by trying sizes on a one-image dummy batch (eval mode, no gradients, so BatchNorm
+    statistics are untouched); ``limit`` ends the search with a ``TaskConfigError``.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        device = next(backbone.parameters()).device
+        with torch.no_grad():
+            for size in range(max(1, start), limit + 1):
+                maps = backbone.stage_outputs(torch.zeros(1, backbone.in_channels, size, size, device=device))
+                if all(m.ndim != 4 or min(m.shape[-2:]) >= min_map for m in maps):
+                    return size
+    finally:
+        backbone.train(was_training)
+    raise TaskConfigError(f"no input of {start}..{limit} px gives every stage of {type(backbone).__name__} a map "
+                          f"of at least {min_map}x{min_map}; lower min_stage_map or set the input size explicitly")
 
 
 def mlp_head(in_features: int, out_features: int, hidden: int = 0) -> nn.Module:

@@ -35,6 +35,17 @@ class ContextTask(PretextTask):
     Evaluation runs the backbone on whole images; the online probe reads the mean of each image's
     patch features (``online_probe_features: pretext``) or, with ``images``, whole images too.
 
+    Room to move: the layout is cut from images resized (bilinear) up to ``min_cut_size`` px when
+    they are smaller, and the default layout leaves ``layout_room`` px of free play (``None``: an
+    eighth of the cut size) for its random origin. (The constructor's defaults, 0 and 0, are the
+    old geometry, so that configs written before these keys existed rebuild the same task;
+    ``conf/task/context.yaml`` sets 64 and an eighth.) At 32 px the scaled original layout (patch 8,
+    gap 3, jitter 1) fills the image exactly, so the centre patch always sat on the same pixels
+    and each label was one fixed absolute position; at 64 px with 8 px of room the layout is
+    14 / 6 / 1 px and its origin takes 9 × 9 positions. The training crop is reflect-padded
+    (``crop_padding_mode`` in ``conf/task/context.yaml``): zero padding marked the neighbour
+    patches, never the centre, and so gave the label away (``python -m pretextlab.audit``).
+
     Chromatic-aberration countermeasures (the network must not read absolute position off colour
     fringes): ``color_drop`` (per patch, 2 of 3 channels become Gaussian noise),
     ``grayscale_fraction`` (share of pairs turned grey), ``project_green_magenta``.
@@ -50,6 +61,8 @@ class ContextTask(PretextTask):
         jitter: int | None = None,
         pairs_per_image: int = 2,
         min_input_size: int = 16,
+        min_cut_size: int = 0,
+        layout_room: int | None = 0,
         color_drop: bool = False,
         color_drop_noise: float = 0.01,
         grayscale_fraction: float = 0.0,
@@ -58,18 +71,25 @@ class ContextTask(PretextTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        default = default_patch_layout(self.image_size) if self.image_size >= 11 else PatchLayout(1, 3, 1)
+        if min_cut_size < 0:
+            raise TaskConfigError(f"task.min_cut_size={min_cut_size} must be >= 0 (0: cut at the image size)")
+        self.cut_size = max(self.image_size, int(min_cut_size))
+        room = self.cut_size // 8 if layout_room is None else int(layout_room)
+        if not 0 <= room < self.cut_size:
+            raise TaskConfigError(f"task.layout_room={layout_room} must lie in [0, {self.cut_size}) px")
+        span = self.cut_size - room
+        default = default_patch_layout(span) if span >= 11 else PatchLayout(1, 3, 1)
         self.layout = PatchLayout(
             patch=default.patch if patch_size is None else int(patch_size),
             gap=default.gap if gap is None else int(gap),
             jitter=default.jitter if jitter is None else int(jitter),
         )
         try:
-            self.layout.validate(self.image_size, self.image_size)
+            self.layout.validate(self.cut_size, self.cut_size)
         except ValueError as error:
             raise TaskConfigError(
                 f"task=context: {error} (set task.patch_size / task.gap / task.jitter, or null for the "
-                "defaults scaled to the image size)"
+                f"defaults scaled to the {self.cut_size} px cut size)"
             ) from error
         if pairs_per_image < 1:
             raise TaskConfigError(f"task.pairs_per_image={pairs_per_image} must be >= 1")
@@ -116,8 +136,15 @@ class ContextTask(PretextTask):
             )
         return patches
 
+    def cut_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The images the layout is cut from: resized up to ``cut_size`` px when smaller."""
+        if images.shape[-1] == self.cut_size and images.shape[-2] == self.cut_size:
+            return images
+        return nn.functional.interpolate(images, size=(self.cut_size, self.cut_size), mode="bilinear",
+                                         align_corners=False)
+
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
-        pairs = sample_patch_pairs(images, self.layout, self.pairs_per_image)
+        pairs = sample_patch_pairs(self.cut_images(images), self.layout, self.pairs_per_image)
         features = self.backbone(self.pair_inputs(pairs))  # one forward over 2 × pairs
         centre_features, neighbour_features = features.chunk(2)
         logits = self.head(torch.cat([centre_features, neighbour_features], dim=1))
@@ -129,6 +156,7 @@ class ContextTask(PretextTask):
         """Row 1: the image with the centre (red) and neighbour (green) outlined; rows 2–3: the patches."""
         from pretextlab.viz import stack_rows
 
+        images = self.cut_images(images)
         pairs = sample_patch_pairs(images, self.layout, 1)
         size = images.shape[-2:]
         outlined = images.clone()

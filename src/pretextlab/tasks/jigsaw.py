@@ -18,7 +18,14 @@ from pretextlab.ops.tiles import (
     random_grayscale,
     tile_geometry,
 )
-from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError, accuracy, mlp_head
+from pretextlab.tasks.base import (
+    PretextOutput,
+    PretextTask,
+    TaskConfigError,
+    accuracy,
+    mlp_head,
+    smallest_input_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +38,22 @@ class JigsawTask(PretextTask):
     of the ``num_permutations`` permutations (chosen by :func:`max_hamming_permutations`) shuffled
     them. Chance is ``1 / num_permutations``.
 
-    ``tile_input_size``: at 32 px a 3×3 grid gives 8 px tiles, which the convnet's three
-    max-pools shrink to 1 px, so its last block only ever sees single pixels during pretraining
-    while the probe later feeds it whole 32 px images. Tiles can therefore be resized (bilinear)
-    to ``tile_input_size`` px before the encoder, as the public PyTorch reimplementation resizes
-    its 64 px tiles to 75 px. The default is ``null`` (tiles as cut) because the resize did not
-    pay off where we measured it: synthetic data, 1,000 images, 3 epochs, convnet, N = 100, seeds
-    0 / 1 — linear probe 0.512 / 0.412 with 8 px tiles vs 0.402 / 0.410 resized to 16 px (pretext
-    val acc 0.35 / 0.43 vs 0.44 / 0.52; random init 0.492 on seed 0), and the 16 px run pretrains
-    about 1.6× slower. Try it on real data, where tiles carry more detail.
+    ``tile_input_size``: at 32 px a 2×2 grid gives 13 px tiles, which the convnet's three
+    max-pools shrink to 1×1 maps in blocks 3 and 4 during pretraining, while evaluation feeds
+    whole 32 px images (4×4 there): the deep blocks would be trained on a geometry they never see
+    again. ``auto`` (default) resizes tiles (bilinear) to the smallest size at which every stage
+    map of the backbone is at least ``min_stage_map`` px (16 px for the convnet: maps 8/4/2/2),
+    found by a dummy forward; an integer fixes the size, ``null`` feeds tiles as cut. (The public
+    PyTorch reimplementation likewise resizes its 64 px tiles to 75 px.)
 
-    Tiles are standardised on their own (``normalize_tiles``) or, if that is off, with the
-    dataset's channel statistics like whole images. Evaluation runs the backbone on whole images
+    Shortcuts: tiles are cut from the training crop, so the crop must not be zero-padded (every
+    corner tile would show a zero strip that tells where it sat): ``crop_padding_mode`` is
+    ``reflect`` in ``conf/task/jigsaw.yaml``. ``python -m pretextlab.audit`` measures what is left.
+
+    Tiles are standardised on their own (``normalize_tiles``; per colour channel with
+    ``normalize_per_channel``, as the original code does; the constructor default is off, as
+    configs written before the key existed were trained, ``conf/task/jigsaw.yaml`` turns it on) or, if that is off, with the dataset's
+    channel statistics like whole images. Evaluation runs the backbone on whole images
     with the default channel normalisation; the online probe reads the mean of each puzzle's tile
     features (``online_probe_features: pretext``) or, with ``images``, whole images too.
 
@@ -64,7 +75,9 @@ class JigsawTask(PretextTask):
         normalize_tiles: bool = True,
         grayscale_fraction: float = 0.3,
         color_jitter_px: int = 1,
-        tile_input_size: int | None = None,
+        tile_input_size: int | str | None = "auto",
+        min_stage_map: int = 2,
+        normalize_per_channel: bool = False,
         head_hidden: int = 256,
         **kwargs: Any,
     ) -> None:
@@ -77,17 +90,14 @@ class JigsawTask(PretextTask):
             raise TaskConfigError(str(error)) from error
         if not 0.0 <= grayscale_fraction <= 1.0:
             raise TaskConfigError(f"jigsaw grayscale_fraction={grayscale_fraction} must be in [0, 1] (original: 0.3)")
-        if tile_input_size is not None and tile_input_size < 1:
-            raise TaskConfigError(
-                f"jigsaw tile_input_size={tile_input_size} must be a positive size in px, or null to feed tiles as cut"
-            )
+        self.tile_input_size = self._resolve_tile_input_size(tile_input_size, min_stage_map)
         self.grid = grid
         self.num_permutations = num_permutations
         self.tile_ratio = tile_ratio
         self.normalize_tiles = normalize_tiles
+        self.normalize_per_channel = normalize_per_channel
         self.grayscale_fraction = grayscale_fraction
         self.color_jitter_px = color_jitter_px
-        self.tile_input_size = tile_input_size
         # An instance attribute: chance depends on the configured set size.
         self.chance_accuracy = 1.0 / num_permutations
         permutations = max_hamming_permutations(num_permutations, grid=grid)
@@ -95,12 +105,25 @@ class JigsawTask(PretextTask):
         self.register_buffer("permutations", permutations, persistent=False)
         self.permutation_stats = hamming_stats(permutations)
         log.info(
-            "jigsaw: %d permutations of a %dx%d grid, Hamming distance min %d, mean %.3f; tiles %d px in %d px cells",
-            num_permutations, grid, grid, self.permutation_stats.minimum, self.permutation_stats.mean,
-            self.geometry.tile, self.geometry.cell,
+            "jigsaw: %d permutations of a %dx%d grid, Hamming distance min %d, mean %.3f; tiles %d px in %d px "
+            "cells, fed at %s px", num_permutations, grid, grid, self.permutation_stats.minimum,
+            self.permutation_stats.mean, self.geometry.tile, self.geometry.cell, self.tile_input_size or self.geometry.tile,
         )
         tiles = grid * grid
         self.head = mlp_head(tiles * self.backbone.feature_dim, num_permutations, head_hidden)
+
+    def _resolve_tile_input_size(self, size: int | str | None, min_stage_map: int) -> int | None:
+        """``auto`` → the smallest size that keeps every stage map >= ``min_stage_map`` px; else checked."""
+        if size == "auto":
+            if min_stage_map < 1:
+                raise TaskConfigError(f"jigsaw min_stage_map={min_stage_map} must be >= 1")
+            return smallest_input_size(self.backbone, min_stage_map, self.geometry.tile,
+                                       limit=max(4 * self.image_size, 64))
+        if size is not None and (isinstance(size, str) or size < 1):
+            raise TaskConfigError(
+                f"jigsaw tile_input_size={size!r} must be a positive size in px, auto, or null to feed tiles as cut"
+            )
+        return size
 
     def encoder_input(self, puzzles: torch.Tensor) -> torch.Tensor:
         """``(B, K, C, t, t)`` shuffled tiles → ``(B·K, C, s, s)`` backbone input."""
@@ -121,6 +144,7 @@ class JigsawTask(PretextTask):
             grayscale_fraction=self.grayscale_fraction,
             jitter_px=self.color_jitter_px,
             normalize=self.normalize_tiles,
+            per_channel=self.normalize_per_channel,
         )
         batch, tiles = puzzles.shape[:2]
         features = self.backbone(self.encoder_input(puzzles))  # one pass over all B·K tiles
