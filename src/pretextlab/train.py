@@ -35,6 +35,7 @@ from pretextlab.config import ConfigError, config_dir, project_root, redact, scr
 from pretextlab.evaluation.runner import evaluate
 from pretextlab.io import atomic_write_json
 from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
+from pretextlab.results import SCHEMA_VERSION as RESULTS_SCHEMA_VERSION
 from pretextlab.tasks.base import NonFiniteLossError
 
 log = logging.getLogger("pretextlab.train")
@@ -133,6 +134,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                      default_root_dir=str(run_dir))
 
     results: dict[str, Any] = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
         "status": "running",
         "task": cfg.task.name,
         "backbone": cfg.backbone.name,
@@ -154,6 +156,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logged = {**stored, **logged}
     results["pretext"] = _metric_values(logged, "pretext/")
     results["online_probe"] = _metric_values(logged, "probe/")
+    results["pretrain_images"] = datamodule.pretrain_images  # num_pretrain capped by the split; None: not loaded
     results["epochs"] = int(logged.get("progress/epochs", trainer.current_epoch))
     results["steps"] = int(logged.get("progress/steps", trainer.global_step))
 
