@@ -195,3 +195,106 @@ def test_a_failure_record_does_not_leak_the_key(finished_run, tmp_path, monkeypa
     _record_failure(cfg, RuntimeError(f"the service rejected key {FAKE_KEY}"))
     text = (tmp_path / "failed" / "results.json").read_text()
     assert FAKE_KEY not in text and "rejected key <redacted>" in text
+
+
+# -- descriptions that lie (issue 15, defect 8) ------------------------------------------------------
+MALFORMED_FIELDS = [
+    ("format_version", "abc"), ("format_version", "1"), ("format_version", 1.5), ("format_version", True),
+    ("format_version", None), ("format_version", 0), ("format_version", [1]),
+    ("build_config.width", 10**12), ("build_config.width", "16"), ("build_config.width", {"a": 1}),
+    ("build_config.width", float("inf")), ("build_config.name", "nope"), ("build_config.name", 7),
+    ("build_config", "convnet"), ("in_channels", "3"), ("in_channels", 0), ("feature_dim", [128]),
+    ("feature_dim", -1), ("stage_names", "block1"), ("stage_names", []), ("stage_names", [1, 2]),
+    ("stage_dims", "16"), ("stage", 5), ("stage", "block9"), ("weights_sha256", 123), ("weights_sha256", "xyz"),
+    ("input", None), ("input", []), ("input.mean", ["a", "b", "c"]), ("input.std", [0, 1, 1]),
+    ("input.image_size", "32"), ("min_input_size", -1),
+]
+
+
+def _set(metadata: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = metadata
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+@pytest.mark.parametrize("field,value", MALFORMED_FIELDS, ids=[f"{f}={v!r}" for f, v in MALFORMED_FIELDS])
+def test_every_malformed_field_is_an_export_error(exported_copy, field, value):
+    _edit_metadata(exported_copy, lambda m: _set(m, field, value))
+    with pytest.raises(ExportError, match=rf"backbone\.json: .*{field.split('.')[-1]}"):
+        load_backbone(exported_copy, verify_checksum=False)
+
+
+def test_the_command_line_checks_an_export_in_one_line(exported_copy, capsys):
+    assert main(["--check", str(exported_copy)]) == 0
+    assert capsys.readouterr().out.startswith(f"ok: {exported_copy}: convnet backbone")
+    _edit_metadata(exported_copy, lambda m: m.update(format_version="abc"))
+    assert main(["--check", str(exported_copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pretextlab.export: error: ") and "format_version='abc' must be an integer" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def _write_export(backbone, folder: Path) -> Path:
+    """A backbone's weights + description in export's format (any backbone, not only a run's)."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from pretextlab.export import FORMAT, FORMAT_VERSION
+
+    blob = save({k: v.contiguous() for k, v in backbone.state_dict().items()})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "backbone.safetensors").write_bytes(blob)
+    (folder / "backbone.json").write_text(json.dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "build_config": backbone.build_config,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(), "stage": None, "stage_names": list(backbone.stage_names),
+        "stage_dims": list(backbone.stage_dims), "feature_dim": backbone.feature_dim,
+        "in_channels": backbone.in_channels, "input": {"kind": "rgb_normalized", "mean": None, "std": None},
+    }))
+    return folder / "backbone.safetensors"
+
+
+@pytest.fixture
+def real_builds(monkeypatch) -> list[dict]:
+    """The build configs pretextlab.export builds on a real device (not shape-only ``meta`` tensors)."""
+    import pretextlab.export as export_module
+
+    built: list[dict] = []
+    original = export_module.build_backbone
+
+    def spy(**kwargs):
+        if torch.empty(0).device.type != "meta":
+            built.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(export_module, "build_backbone", spy)
+    return built
+
+
+HUGE = [
+    # convnet width 512 (64 M parameters, 256 MB; 16 in the weights): allocated and initialised before failing
+    ("convnet width", {"name": "convnet", "width": 512}, "does not match the described backbone"),
+    # a ViT 5,000 blocks deep (one in the weights): stopped after a few hundred tensors, not 5,000 blocks built
+    ("vit depth", {"name": "vit", "image_size": 32, "patch_size": 4, "dim": 16, "depth": 5000, "heads": 2},
+     "describes a backbone of more than"),
+    # the same weights fit a ViT for 2^20 px images, whose position embedding alone would be terabytes
+    ("vit image size", {"name": "vit", "image_size": 2**20, "patch_size": 4, "dim": 16, "depth": 1, "heads": 2},
+     "would need"),
+]
+
+
+@pytest.mark.parametrize("what,change,message", HUGE, ids=[h[0] for h in HUGE])
+def test_a_huge_description_is_refused_before_anything_is_built(tmp_path, real_builds, what, change, message):
+    from pretextlab.backbones import build_backbone
+
+    small = {"convnet": {"name": "convnet", "width": 16},
+             "vit": {"name": "vit", "image_size": 32, "patch_size": 4, "dim": 16, "depth": 1, "heads": 2}}
+    weights = _write_export(build_backbone(**small[change["name"]]), tmp_path / "export")
+    load_backbone(weights)  # the honest description loads
+    assert len(real_builds) == 1
+    _edit_metadata(weights, lambda m: m["build_config"].update(change))
+    with pytest.raises(ExportError, match=message):
+        load_backbone(weights)
+    assert len(real_builds) == 1, f"built for real before the check: {real_builds[1:]}"

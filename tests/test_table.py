@@ -275,3 +275,43 @@ def test_row_labels_carry_the_budget_and_the_task_variant_so_variants_never_merg
     (tmp_path / "more" / "0" / "results.json").write_text(json.dumps(longer))
     labels = [r[0] for r in body_rows(build_table([tmp_path / "more", sweep]))]
     assert "jigsaw 2×2 (20 ep × 10k img)" in labels and "jigsaw 2×2 (10 ep × 10k img)" in labels
+
+# -- records that name their source (issue 15, defects 10 and 12) -----------------------------------
+def _status_cells(markdown: str) -> list[str]:
+    cols = header(markdown)
+    return [row[cols.index("status")] for row in body_rows(markdown)]
+
+
+def test_damaged_records_become_failed_rows_that_name_their_file(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("rotation", 0.5)])
+    listed_seed = ok_record("jigsaw", 0.6)
+    listed_seed["seed"] = [0, 1]  # crashed the builder: unhashable in the merge key
+    damaged = {"1_truncated": '{"status": "ok", "task": "rot', "2_only_status": json.dumps({"status": "ok"}),
+               "3_listed_seed": json.dumps(listed_seed), "4_not_an_object": "[1, 2]",
+               "5_bad_types": json.dumps({**ok_record("context", 0.4), "eval": "great", "epochs": -3})}
+    for name, text in damaged.items():
+        (sweep / name).mkdir()
+        (sweep / name / "results.json").write_text(text)
+    markdown = build_table([sweep])
+    statuses = _status_cells(markdown)
+    assert statuses.count("ok") == 1  # only the real record; {"status": "ok"} alone is not a finished job
+    for name in damaged:
+        (cell,) = [s for s in statuses if f"{name}/results.json" in s]
+        assert cell.startswith(("failed: unreadable results.json at ", "failed: invalid results.json at ")), cell
+        assert str(sweep) in cell
+    assert any("seed=[0, 1] must be an integer" in s for s in statuses)
+    assert any("no 'task', 'backbone', 'data', 'seed', 'eval'" in s for s in statuses)
+    assert any("eval='great'" in s and "epochs=-3" in s for s in statuses)
+    ok_rows = [row for row in body_rows(markdown) if row[header(markdown).index("status")] == "ok"]
+    assert [row[0] for row in ok_rows] == ["rotation"]
+
+
+def test_a_pretext_row_that_never_pretrained_says_so(tmp_path):
+    untrained = {**ok_record("rotation", 0.3), "epochs": 0, "steps": 0}  # written by trainer.max_epochs=0 before
+    sweep = write_sweep(tmp_path / "sweep", [ok_record("none", 0.3), untrained])
+    markdown = build_table([sweep])
+    rows = {row[0]: row for row in body_rows(markdown)}
+    status = rows["rotation"][header(markdown).index("status")]
+    assert status.startswith("failed: task rotation ran 0 pretraining steps, so its backbone is random init")
+    assert rows["rotation"][header(markdown).index("linear top-1 % (best stage)")] == "–"
+    assert rows["random init"][header(markdown).index("status")] == "ok"

@@ -261,3 +261,28 @@ def test_flat_metrics_holds_downstream_numbers_only():
                "headline": {"metric": "linear/top1", "value": 0.5}, "wall_time": {"total": 12.0}}
     assert loggers_module.flat_metrics(results) == {
         "eval/linear/top1": 0.5, "eval/linear/per_stage/block2/top1": 0.5, "headline": 0.5, "wall_time/total": 12.0}
+
+
+@pytest.mark.timeout(300)
+def test_credentials_in_wandb_fields_and_on_the_command_line_reach_no_wandb_file(make_config, tmp_path,
+                                                                                 no_wandb_account, monkeypatch):
+    """Issue 15, defect 15: notes, tags, name and the recorded command line are scrubbed too, not only the config."""
+    token = "tok-0a1b2c3d4e5f6a7b"
+    # W&B records the process's command line with the run; a sweep passes overrides there as given.
+    monkeypatch.setattr("sys.argv", ["pretextlab/train.py", "task=rotation", f"+extra.api_token={token}",
+                                     f"+note=${{oc.env:{FAKE_SECRET_ENV}}}"])
+    results = run(make_config(TINY_WANDB + [
+        "eval=none", "task.panel_images=0",
+        f"+logger.wandb.notes=run by ${{oc.env:{FAKE_SECRET_ENV}}}",
+        f"+logger.wandb.name=job-${{oc.env:{FAKE_SECRET_ENV}}}",
+        f"logger.wandb.tags=[a,'${{oc.env:{FAKE_SECRET_ENV}}}']",
+        f"+extra.api_token={token}",
+    ]))
+    assert results["status"] == "ok" and results["config"]["extra"]["api_token"] == REDACTED
+    run_dir = tmp_path / "run"
+    (offline,) = _offline_runs(run_dir)
+    stored = read_offline_run(offline)
+    assert stored.tags == ["a", REDACTED] and stored.config["extra"]["api_token"] == REDACTED
+    for secret in (FAKE_SECRET, token):
+        leaks = [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert not leaks, f"{secret} was written to {leaks}"

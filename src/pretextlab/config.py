@@ -28,6 +28,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
+#: Largest seed numpy's (and so Lightning's ``seed_everything``) generator accepts; the smallest is 0.
+MAX_SEED = 2**32 - 1
 #: Smallest image side any backbone/task combination is meant for (the synthetic scenes are 32 px).
 MIN_IMAGE_SIZE = 8
 #: Environment variables whose values are credentials: never written to any output.
@@ -117,15 +119,46 @@ SECRET_KEY_MARKERS = ("key", "token", "secret", "password")
 
 
 def scrub(value: Any) -> Any:
-    """:func:`redact`, and also every non-empty string under a key that names a credential
-    (``api_key``, ``token``, ...): for configs and metadata that are written out or logged."""
+    """:func:`redact`, and also every non-empty string or number under a key that names a
+    credential (``api_key``, ``token``, ...): for configs and metadata that are written out or
+    logged. (A command line's ``+extra.api_token=12345678`` reaches the config as a number.)"""
     if isinstance(value, Mapping):
-        return {key: (REDACTED if isinstance(item, str) and item and any(
-            marker in str(key).lower() for marker in SECRET_KEY_MARKERS) else scrub(item))
-            for key, item in value.items()}
+        return {key: REDACTED if is_secret_key(key) and _is_secret_value(item) else scrub(item)
+                for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(scrub(item) for item in value)
     return redact(value)
+
+
+def _is_secret_value(item: Any) -> bool:
+    return (isinstance(item, str) and item != "") or (isinstance(item, (int, float)) and not isinstance(item, bool))
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether a config key (its last dotted part) names a credential: ``api_key``, ``extra.token``, ...
+
+    Any key containing one of :data:`SECRET_KEY_MARKERS` (case-insensitive) counts: ``keys`` and
+    ``monkey`` too; better a harmless value redacted than a credential written.
+    """
+    last = str(key).rsplit(".", 1)[-1].lower()
+    return any(marker in last for marker in SECRET_KEY_MARKERS)
+
+
+#: A command-line override: optional ``+``/``++``/``~`` prefix, a dotted key (``@package`` allowed), ``=``, a value.
+_OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[^=\s]+?)=(?P<value>.*)$", re.DOTALL)
+
+
+def scrub_override(text: str) -> str:
+    """One ``key=value`` command-line override as it may be written or logged.
+
+    The value of a key that names a credential (``+extra.api_token=...``) becomes ``<redacted>``;
+    credentials from the environment are redacted anywhere (:func:`redact`). Anything that is
+    not an override (a flag, a path) only goes through :func:`redact`.
+    """
+    match = _OVERRIDE.match(text)
+    if match and match["value"] and is_secret_key(match["key"].split("@", 1)[0]):
+        return f"{match['prefix'] or ''}{match['key']}={REDACTED}"
+    return redact(text)
 
 
 # -- accepted values ----------------------------------------------------------------------------
@@ -210,7 +243,8 @@ class Rule:
 
 #: Types and ranges of single keys. Keys that are absent are not required (the yaml owns defaults).
 RULES: tuple[Rule, ...] = (
-    Rule("seed", integer()),
+    Rule("seed", Accepts(lambda v: _is_int(v) and 0 <= v <= MAX_SEED,
+                         f"an integer in [0, {MAX_SEED}] (the seeds numpy accepts)")),
     Rule("overwrite", BOOLEAN),
     Rule("resume", one_of("auto", "never", "none") | NULL | one_of(False) | TEXT),
     # data
@@ -474,9 +508,20 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
                 problems.append(_problem(f"task.{key}", stage, f"backbone={cfg.backbone.get('name')} has stages "
                                                                f"{names} (a name, an index, or null: the last)"))
 
-    # A jigsaw grid: its cells, tiles and permutation count (the rules live with the tile ops).
-    if "grid" in cfg.task and image_size is not None:
-        problems += _jigsaw_problems(cfg, int(image_size))
+    # Tiles and patches: the jigsaw grid, the context layout, and the size of what each task (or
+    # multitask member) feeds the backbone against the smallest input the backbone takes.
+    if image_size is not None:
+        problems += _task_input_problems(cfg, task_class, backbone, int(image_size))
+
+    # Zero pretraining would leave a pretext task's backbone at random init, reported under its name.
+    if task_class is not None and getattr(task_class, "pretrains", True):
+        for key in ("max_epochs", "max_steps"):
+            if cfg.trainer.get(key) == 0:
+                problems.append(_problem(
+                    f"trainer.{key}", 0,
+                    f"task={cfg.task.get('name')} pretrains, and 0 {key.removeprefix('max_')} would leave its "
+                    "backbone at random init while the results carry the task's name; use a positive value, "
+                    "or task=none for the random-init row"))
 
     headline = str(cfg.eval.get("headline", "none"))
     protocols = list((cfg.eval.get("protocols") or {}).keys())
@@ -509,27 +554,210 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _jigsaw_problems(cfg: DictConfig, image_size: int) -> list[str]:
-    """A jigsaw grid against the image size and its permutation count (the rules live with the ops)."""
-    try:
-        from pretextlab.ops.permutations import validate_request
-        from pretextlab.ops.tiles import tile_geometry
-    except ImportError:  # no jigsaw ops in this installation: the task cannot be configured anyway
-        return []
-    grid = cfg.task.grid
-    problems = []
-    try:
-        tile_geometry(image_size, image_size, grid, float(cfg.task.get("tile_ratio", 1.0)),
-                      int(cfg.task.get("color_jitter_px", 0)))
-    except ValueError as error:
-        problems.append(_problem("task.grid", grid, str(error)))
-    count = cfg.task.get("num_permutations")
+@dataclass(frozen=True)
+class _Feed:
+    """A square input a task gives its backbone during pretraining, and the key that sets its size."""
+
+    what: str    # "6 px tiles (a 3x3 grid on 24 px images, tile_ratio 0.8)"
+    size: int
+    key: str     # the key named first in the message
+    value: Any
+    fixes: Callable[[int], str]  # the ways out, given the size the backbone needs
+
+
+def _backbone_refuses(backbone: Any, size: int) -> tuple[str, int | None] | None:
+    """Why ``backbone`` cannot take ``size`` px inputs (and the size it needs, when known), or None."""
+    import torch
+
+    fixed = getattr(backbone, "fixed_input_size", None)
+    if fixed is not None:
+        return (None if size == fixed else (f"takes {fixed} px inputs only", fixed))
+    minimum = getattr(backbone, "min_input_size", None)
+    if minimum is not None:
+        return None if size >= minimum else (f"takes inputs of at least {minimum} px", int(minimum))
+    try:  # a backbone that does not say: try it with shape-only tensors
+        backbone.eval()
+        with torch.no_grad():
+            backbone.stage_outputs(torch.empty(2, int(backbone.in_channels), size, size, device="meta"))
+    except (RuntimeError, ValueError, AssertionError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"cannot process {size} px inputs ({first})", None
+    except NotImplementedError:  # an op without a meta kernel: the run itself will tell
+        pass
+    return None
+
+
+def _member_nodes(cfg: DictConfig, task_class: Any) -> list[tuple[str, str, Any, Any]]:
+    """``(prefix, label, node, class)`` of the task and, for a multitask, of each member with a weight > 0."""
+    from hydra.utils import get_class
+
+    from pretextlab.tasks.multitask import MultiTask
+
+    name = cfg.task.get("name")
+    if not (isinstance(task_class, type) and issubclass(task_class, MultiTask)):
+        return [("task.", f"task={name}", cfg.task, task_class)]
+    nodes = []
+    for member, spec in (cfg.task.get("members") or {}).items():
+        if not isinstance(spec, DictConfig) or not isinstance(spec.get("task"), DictConfig):
+            continue  # the task itself reports a malformed member
+        weight = spec.get("weight", 1.0)
+        if _is_number(weight) and weight <= 0:
+            continue
+        try:
+            member_class = get_class(str(spec.task.get("_target_")))
+        except Exception:
+            continue
+        nodes.append((f"task.members.{member}.task.", f"task={name} (member {member})", spec.task, member_class))
+    return nodes
+
+
+def _task_input_problems(cfg: DictConfig, task_class: Any, backbone: Any, image_size: int) -> list[str]:
+    problems: list[str] = []
+    backbone_name = cfg.backbone.get("name")
+    for prefix, label, node, node_class in _member_nodes(cfg, task_class):
+        node_problems, feeds = _task_feeds(prefix, label, node, node_class, image_size, backbone)
+        problems += node_problems
+        if backbone is None:
+            continue
+        for feed in feeds:
+            refused = _backbone_refuses(backbone, feed.size)
+            if refused is None:
+                continue
+            reason, needed = refused
+            fixes = feed.fixes(needed) if needed is not None else ""
+            problems.append(_problem(
+                feed.key, feed.value,
+                f"{label} feeds the backbone {feed.what}, and backbone={backbone_name} {reason}"
+                + (f"; {fixes}" if fixes else "; use larger tiles/patches or another backbone")))
+    return problems
+
+
+def _task_feeds(prefix: str, label: str, node: Any, node_class: Any, image_size: int,
+                backbone: Any) -> tuple[list[str], list[_Feed]]:
+    """Problems of a tile/patch layout, and the inputs it feeds the backbone (whole-image tasks: none)."""
+    from pretextlab.tasks.context import ContextTask
+    from pretextlab.tasks.jigsaw import JigsawTask
+
+    if isinstance(node_class, type) and issubclass(node_class, JigsawTask):
+        return _jigsaw_feeds(prefix, label, node, node_class, image_size)
+    if isinstance(node_class, type) and issubclass(node_class, ContextTask):
+        return _context_feeds(prefix, label, node, node_class, image_size, backbone)
+    return [], []
+
+
+def _option(node: Any, node_class: Any, key: str) -> Any:
+    """``node.key``, or the task class's default for it when the node leaves it out."""
+    import inspect
+
+    if key in node:
+        return node.get(key)
+    parameter = inspect.signature(node_class.__init__).parameters.get(key)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def _jigsaw_feeds(prefix: str, label: str, node: Any, node_class: Any,
+                  image_size: int) -> tuple[list[str], list[_Feed]]:
+    """A jigsaw grid against the image size and its permutation count (the rules live with the ops),
+    and the tiles it feeds the backbone."""
+    from pretextlab.ops.permutations import validate_request
+    from pretextlab.ops.tiles import tile_geometry
+
+    grid = _option(node, node_class, "grid")
+    ratio, jitter = float(_option(node, node_class, "tile_ratio")), int(_option(node, node_class, "color_jitter_px"))
+    problems: list[str] = []
+    count = _option(node, node_class, "num_permutations")
     if count is not None:
         try:
             validate_request(count, grid)
         except ValueError as error:
-            problems.append(_problem("task.num_permutations", count, str(error)))
-    return problems
+            problems.append(_problem(f"{prefix}num_permutations", count, str(error)))
+    try:
+        geometry = tile_geometry(image_size, image_size, grid, ratio, jitter)
+    except ValueError as error:
+        return [_problem(f"{prefix}grid", grid, str(error)), *problems], []
+
+    def tile_side(size: int, cells: int) -> int:
+        try:
+            return tile_geometry(size, size, cells, ratio, jitter).tile
+        except ValueError:
+            return 0
+
+    resize = _option(node, node_class, "tile_input_size")
+    if resize is not None:
+        return problems, [_Feed(f"tiles resized to {resize} px", int(resize), f"{prefix}tile_input_size", resize,
+                                lambda needed: f"use {prefix}tile_input_size >= {needed}")]
+
+    def fixes(needed: int) -> str:
+        ways = []
+        larger = next((size for size in range(image_size + 1, 64 * needed * grid) if tile_side(size, grid) >= needed),
+                      None)
+        if larger is not None:
+            ways.append(f"data.source.image_size >= {larger}")
+        smaller_grid = next((g for g in range(grid - 1, 1, -1) if tile_side(image_size, g) >= needed), None)
+        if smaller_grid is not None:
+            ways.append(f"{prefix}grid={smaller_grid}")
+        ways.append(f"{prefix}tile_input_size={needed} (tiles resized)")
+        return "use " + ", or ".join(ways)
+
+    what = f"{geometry.tile} px tiles (a {grid}x{grid} grid on {image_size} px images, tile_ratio {ratio:g})"
+    return problems, [_Feed(what, geometry.tile, "data.source.image_size", image_size, fixes)]
+
+
+def _context_feeds(prefix: str, label: str, node: Any, node_class: Any, image_size: int,
+                   backbone: Any) -> tuple[list[str], list[_Feed]]:
+    """The context task's 3x3 patch layout against the image size, and the patches it feeds the backbone."""
+    from pretextlab.ops.patches import PatchLayout, default_patch_layout
+
+    try:
+        default = default_patch_layout(image_size)
+    except ValueError as error:
+        return [_problem("data.source.image_size", image_size, f"{label}: {error}")], []
+    given = {name: _option(node, node_class, key)
+             for name, key in (("patch", "patch_size"), ("gap", "gap"), ("jitter", "jitter"))}
+    layout = PatchLayout(**{name: getattr(default, name) if value is None else int(value)
+                            for name, value in given.items()})
+    try:
+        layout.validate(image_size, image_size)
+    except ValueError as error:
+        key = next((k for k, v in (("patch_size", given["patch"]), ("gap", given["gap"]), ("jitter", given["jitter"]))
+                    if v is not None), "patch_size")
+        return [_problem(f"{prefix}{key}", _option(node, node_class, key), f"{label}: {error}")], []
+    if backbone is None or not backbone.is_convolutional:
+        return [], []  # a transformer gets every patch resized to the image size
+    upsample_to = int(_option(node, node_class, "min_input_size") or 0)
+    if upsample_to > layout.patch:
+        what = f"{layout.patch} px patches upsampled to {upsample_to} px ({prefix}min_input_size)"
+        return [], [_Feed(what, upsample_to, f"{prefix}min_input_size", upsample_to,
+                          lambda needed: f"use {prefix}min_input_size >= {needed}")]
+    what = f"{layout.patch} px patches as cut ({image_size} px images; {prefix}min_input_size={upsample_to} " \
+           "does not upsample them)"
+    return [], [_Feed(what, layout.patch, f"{prefix}min_input_size", upsample_to,
+                      lambda needed: f"use {prefix}min_input_size >= {needed} (patches are upsampled to it), "
+                                     f"or a larger {prefix}patch_size / data.source.image_size")]
+
+
+def output_dir_problem(directory: str | Path, key: str = "hydra.run.dir") -> str | None:
+    """Why ``directory`` cannot be created or written (one line naming ``key`` as the fix), or None.
+
+    Nothing is left behind: the check writes an anonymous temporary file into the directory, or
+    into its nearest existing parent when the directory does not exist yet.
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    fix = f"choose another with {key}=..."
+    if not existing.is_dir():
+        return f"output directory {directory} cannot be created: {existing} is a file, not a folder; {fix}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"output directory {directory} cannot be written ({existing} is read-only); {fix}"
+    try:  # os.access says yes to root even where writing fails (a read-only mount): try for real
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "" if existing == directory else f" in {existing}"
+        return f"output directory {directory} cannot be written ({error.strerror or error}{where}); {fix}"
+    return None
 
 
 def _output_problems(cfg: DictConfig) -> list[str]:
@@ -538,23 +766,8 @@ def _output_problems(cfg: DictConfig) -> list[str]:
         run_dir = Path(str(OmegaConf.select(cfg, "paths.run_dir", throw_on_resolution_failure=True)))
     except OmegaConfBaseException:
         return []  # composed outside Hydra without a run dir: the caller decides where outputs go
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return [f"output directory {run_dir} cannot be created: {existing} is a file, not a folder; "
-                "choose another with hydra.run.dir=..."]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"output directory {run_dir} cannot be written ({existing} is read-only); "
-                "choose another with hydra.run.dir=..."]
-    if existing == run_dir:
-        try:  # os.access says yes to root even on a read-only mount: try for real
-            with tempfile.TemporaryFile(dir=run_dir):
-                pass
-        except OSError as error:
-            return [f"output directory {run_dir} cannot be written ({error.strerror}); "
-                    "choose another with hydra.run.dir=..."]
-    return []
+    problem = output_dir_problem(run_dir)
+    return [problem] if problem else []
 
 
 def validate_config(cfg: DictConfig) -> None:

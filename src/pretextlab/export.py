@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import json
+import math
+import re
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pretextlab.backbones import build_backbone
+from pretextlab.backbones import available_backbones, build_backbone
 from pretextlab.backbones.base import Backbone
 from pretextlab.config import redact
 from pretextlab.io import atomic_write_bytes, atomic_write_json
@@ -43,6 +47,19 @@ INPUT_KINDS = {"colorization": "lab_l"}
 DEFAULT_INPUT_KIND = "rgb_normalized"
 _REQUIRED_METADATA = ("format", "format_version", "build_config", "weights_sha256", "input", "in_channels",
                       "feature_dim", "stage_names")
+#: Bounds on the numbers of a description: wide enough for any real backbone, far below what would
+#: make building one a memory or time problem. Sizes are then checked against the weights themselves.
+_MAX_INT = 2**31 - 1
+_MAX_CHANNELS = 4096
+_MAX_TEXT = 256
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: A description may ask for at most this many tensors (parameters + buffers) per tensor the weights hold
+#: (plus a few): a skeleton built for a hostile depth stops there instead of building millions of layers.
+_TENSORS_PER_WEIGHT = 4
+_EXTRA_TENSORS = 64
+#: The rebuilt module may take at most this much more memory than its weights (non-persistent buffers
+#: such as a ViT's position embedding are not in the weights file).
+_MEMORY_SLACK_BYTES = 256 * 2**20
 
 
 class ExportError(ValueError):
@@ -124,12 +141,10 @@ def export_backbone(run_dir: str | Path, stage: str | None = None, output: str |
     ckpt = load_checkpoint(checkpoint_path, trust=trust_checkpoint)
 
     build_kwargs = {k: v for k, v in results["config"]["backbone"].items() if not k.startswith("_")}
-    try:
-        backbone = build_backbone(**build_kwargs)
-    except Exception as error:
-        raise ExportError(f"cannot rebuild backbone from results.json config.backbone={build_kwargs}: {error}") from error
-    state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
-    _load_strict(backbone, state, f"{checkpoint_path} (keys under '{BACKBONE_PREFIX}')")
+    state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items()
+             if isinstance(k, str) and k.startswith(BACKBONE_PREFIX) and torch.is_tensor(v)}
+    backbone = _build_checked(build_kwargs, state, f"{checkpoint_path} (keys under '{BACKBONE_PREFIX}')",
+                              f"{run_dir / 'results.json'} config.backbone")
     if stage is not None and stage not in backbone.stage_names:
         raise ExportError(f"--stage {stage!r}: the backbone's stages are {list(backbone.stage_names)}")
 
@@ -149,6 +164,7 @@ def export_backbone(run_dir: str | Path, stage: str | None = None, output: str |
         "stage_dims": list(backbone.stage_dims[:stage_index]),
         "feature_dim": int(backbone.stage_dims[stage_index - 1]),
         "in_channels": int(backbone.in_channels),
+        "min_input_size": backbone.min_input_size,
         "input": {
             "kind": INPUT_KINDS.get(str(task_name), DEFAULT_INPUT_KIND),
             "range": "float images in [0, 1], (B, C, H, W), then the kind's preparation",
@@ -181,7 +197,8 @@ def _metadata_path(weights_path: Path) -> Path:
     return weights_path.with_suffix(".json")
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``state`` has exactly ``module``'s names and shapes (``module`` may be a ``meta`` skeleton)."""
     if not state:
         raise ExportError(f"{what} holds no backbone weights")
     expected = module.state_dict()
@@ -196,7 +213,6 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
             f"shape mismatch {mismatched[:3]}{'...' if len(mismatched) > 3 else ''}" if mismatched else "",
         ) if part)
         raise ExportError(f"{what} does not match the described backbone: {details}")
-    module.load_state_dict(state, strict=True)
 
 
 class StageBackbone(Backbone):
@@ -221,6 +237,14 @@ class StageBackbone(Backbone):
     @property
     def is_convolutional(self) -> bool:
         return self.inner.is_convolutional
+
+    @property
+    def min_input_size(self) -> int | None:
+        return self.inner.min_input_size
+
+    @property
+    def fixed_input_size(self) -> int | None:
+        return self.inner.fixed_input_size
 
     def stage_feature_dim(self, stage: str, pool_size: int = 1) -> int:
         return self.inner.stage_feature_dim(stage, pool_size)
@@ -247,20 +271,195 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"no metadata file {metadata_path} beside the weights; export writes both "
                           "(python -m pretextlab.export <run dir>)")
     try:
-        metadata = json.loads(metadata_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        text = metadata_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExportError(f"{metadata_path} cannot be read: {error}") from error
+    try:
+        metadata = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
         raise ExportError(f"{metadata_path} is not valid JSON: {error}") from error
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ExportError(f"{metadata_path} is not a pretextlab backbone description (format != {FORMAT!r})")
     missing = [key for key in _REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ExportError(f"{metadata_path} lacks {missing}")
-    if int(metadata["format_version"]) > FORMAT_VERSION:
-        raise ExportError(f"{metadata_path} has format_version {metadata['format_version']}; this pretextlab "
-                          f"reads up to {FORMAT_VERSION} (upgrade pretextlab)")
-    if not isinstance(metadata["build_config"], dict) or "name" not in metadata["build_config"]:
-        raise ExportError(f"{metadata_path}: build_config must be an object with a 'name'")
+    _check_description(metadata, metadata_path)
     return metadata
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_build_value(value: Any) -> bool:
+    """A plain value a backbone constructor may take: null, bool, bounded int, finite float, short text,
+    or a short list of those."""
+    if value is None or isinstance(value, bool):
+        return True
+    if _is_int(value):
+        return abs(value) <= _MAX_INT
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return len(value) <= _MAX_TEXT
+    if isinstance(value, list):
+        return len(value) <= 64 and all(_is_build_value(item) and not isinstance(item, list) for item in value)
+    return False
+
+
+def _check_description(metadata: dict[str, Any], metadata_path: Path) -> None:
+    """Every field loading relies on has the right type and a sane range, before anything is built.
+
+    All problems are reported at once, in one :class:`ExportError` line naming the file.
+    """
+    problems: list[str] = []
+
+    def bad(key: str, value: Any, wanted: str) -> None:
+        problems.append(f"{key}={_show(value)} must be {wanted}")
+
+    version = metadata["format_version"]
+    if not _is_int(version) or version < 1:
+        bad("format_version", version, f"an integer >= 1 (this pretextlab writes {FORMAT_VERSION})")
+    elif version > FORMAT_VERSION:
+        raise ExportError(f"{metadata_path} has format_version {version}; this pretextlab reads up to "
+                          f"{FORMAT_VERSION} (upgrade pretextlab)")
+
+    build = metadata["build_config"]
+    if not isinstance(build, dict):
+        bad("build_config", build, "an object with a backbone 'name'")
+    else:
+        name = build.get("name")
+        if not isinstance(name, str) or name not in available_backbones():
+            bad("build_config.name", name, f"one of {available_backbones()}")
+        for key, value in build.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                bad(f"build_config[{key!r}]", value, "under a keyword-argument name")
+            elif key != "name" and not _is_build_value(value):
+                bad(f"build_config.{key}", value, f"null, true/false, an integer of at most {_MAX_INT}, a finite "
+                                                  "number, a short string, or a short list of those")
+
+    channels = metadata["in_channels"]
+    if not _is_int(channels) or not 1 <= channels <= _MAX_CHANNELS:
+        bad("in_channels", channels, f"an integer in [1, {_MAX_CHANNELS}]")
+    feature_dim = metadata["feature_dim"]
+    if not _is_int(feature_dim) or not 1 <= feature_dim <= _MAX_INT:
+        bad("feature_dim", feature_dim, "a positive integer")
+    names = metadata["stage_names"]
+    names_ok = (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+                and len(set(names)) == len(names))
+    if not names_ok:
+        bad("stage_names", names, "a non-empty list of distinct stage names")
+    dims = metadata.get("stage_dims")
+    if dims is not None and not (isinstance(dims, list) and all(_is_int(d) and 1 <= d <= _MAX_INT for d in dims)
+                                 and (not names_ok or len(dims) == len(names))):
+        bad("stage_dims", dims, "a list of positive integers, one per stage")
+    stage = metadata.get("stage")
+    if stage is not None and not (isinstance(stage, str) and (not names_ok or stage in names)):
+        bad("stage", stage, f"null or one of stage_names {names if names_ok else ''}".rstrip())
+    checksum = metadata["weights_sha256"]
+    if not isinstance(checksum, str) or not _SHA256.match(checksum):
+        bad("weights_sha256", checksum, "64 lowercase hex digits (the SHA-256 of the weights file)")
+    weights_file = metadata.get("weights_file")
+    if weights_file is not None and not isinstance(weights_file, str):
+        bad("weights_file", weights_file, "a file name or null")
+    smallest = metadata.get("min_input_size")
+    if smallest is not None and not (_is_int(smallest) and 1 <= smallest <= _MAX_INT):
+        bad("min_input_size", smallest, "a positive integer or null")
+
+    description = metadata["input"]
+    if not isinstance(description, dict):
+        bad("input", description, "an object (kind, mean, std, image_size)")
+    else:
+        kind = description.get("kind")
+        if kind is not None and not isinstance(kind, str):
+            bad("input.kind", kind, "a string")
+        for key in ("mean", "std"):
+            value = description.get(key)
+            if value is not None and not (isinstance(value, list) and 1 <= len(value) <= _MAX_CHANNELS
+                                          and all(_is_finite(v) for v in value)
+                                          and (key == "mean" or all(v > 0 for v in value))):
+                bad(f"input.{key}", value, "null or a list of finite numbers" + (" > 0" if key == "std" else ""))
+        size = description.get("image_size")
+        if size is not None and not (_is_int(size) and 1 <= size <= _MAX_INT):
+            bad("input.image_size", size, "a positive integer or null")
+    if problems:
+        raise ExportError(f"{metadata_path}: " + "; ".join(problems))
+
+
+class _TooManyTensors(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _tensor_budget(limit: int) -> Iterator[None]:
+    """Abort any module construction in this block once more than ``limit`` parameters and buffers are registered."""
+    from torch.nn.modules import module as module_hooks
+
+    count = 0
+
+    def hook(*_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyTensors(limit)
+
+    handles = [module_hooks.register_module_parameter_registration_hook(hook),
+               module_hooks.register_module_buffer_registration_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _nbytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _build_checked(build_config: dict[str, Any], state: dict[str, torch.Tensor], what: str, described: str) -> Backbone:
+    """Build the backbone ``build_config`` describes, only once it is known to match ``state``.
+
+    A skeleton is built first with shape-only (``meta``) tensors, which take no memory, under a
+    budget on the number of tensors; its names and shapes must equal those of ``state`` (the
+    weights, already in memory) and the real module may not need much more memory than they do.
+    Only then is the real backbone built. So a description with a huge width, depth or image size
+    fails with :class:`ExportError` without allocating anything.
+    """
+    if not state:
+        raise ExportError(f"{what} holds no backbone weights")
+    budget = _TENSORS_PER_WEIGHT * len(state) + _EXTRA_TENSORS
+    available_backbones()  # optional backbones are imported here, not under the meta device below
+    try:
+        with torch.device("meta"), _tensor_budget(budget):
+            skeleton = build_backbone(**build_config)
+    except _TooManyTensors:
+        raise ExportError(f"{described}: {_show(build_config, 200)} describes a backbone of more than {budget} "
+                          f"tensors, but {what} holds {len(state)}: the description does not fit the weights") from None
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"{described}: {_show(build_config, 200)} cannot be built: {first}") from error
+    _check_state(skeleton, state, what)
+    needed = _nbytes(skeleton.parameters()) + _nbytes(skeleton.buffers())
+    held = _nbytes(state.values())
+    if needed > 2 * held + _MEMORY_SLACK_BYTES:
+        raise ExportError(f"{described}: {_show(build_config, 200)} would need {needed / 2**20:.0f} MiB to build, "
+                          f"far more than the {held / 2**20:.1f} MiB of weights in {what}")
+    try:
+        backbone = build_backbone(**build_config)
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"{described}: {_show(build_config, 200)} cannot be built: {first}") from error
+    backbone.load_state_dict(state, strict=True)
+    return backbone
 
 
 def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", verify_checksum: bool = True) -> Backbone:
@@ -278,7 +477,10 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", ve
     metadata = read_metadata(metadata_path)
     if not weights_path.is_file():
         raise ExportError(f"no weights file {weights_path} beside {metadata_path}")
-    blob = weights_path.read_bytes()
+    try:
+        blob = weights_path.read_bytes()
+    except OSError as error:
+        raise ExportError(f"{weights_path} cannot be read: {error}") from error
     if verify_checksum and hashlib.sha256(blob).hexdigest() != metadata["weights_sha256"]:
         raise ExportError(f"{weights_path} does not match the checksum in {metadata_path}: the weights were "
                           "replaced or damaged after export")
@@ -286,11 +488,13 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", ve
         state = load(blob)
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise ExportError(f"{weights_path} is not a safetensors file: {error}") from error
-    try:
-        backbone = build_backbone(**metadata["build_config"])
-    except Exception as error:
-        raise ExportError(f"{metadata_path}: build_config {metadata['build_config']} cannot be built: {error}") from error
-    _load_strict(backbone, state, str(weights_path))
+    backbone = _build_checked(metadata["build_config"], state, str(weights_path), f"{metadata_path}: build_config")
+    if backbone.in_channels != metadata["in_channels"]:
+        raise ExportError(f"{metadata_path}: in_channels {metadata['in_channels']} but the rebuilt backbone "
+                          f"takes {backbone.in_channels}")
+    if list(backbone.stage_names[: len(metadata["stage_names"])]) != metadata["stage_names"]:
+        raise ExportError(f"{metadata_path}: stage_names {metadata['stage_names']} but the rebuilt backbone "
+                          f"has {list(backbone.stage_names)}")
     backbone = backbone.to(map_location)
     stage = metadata.get("stage")
     if stage is not None:
@@ -306,16 +510,29 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", ve
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pretextlab.export",
-        description="Export a run's pretrained backbone as safetensors weights + a JSON description.",
+        description="Export a run's pretrained backbone as safetensors weights + a JSON description, or check "
+                    "an exported one (--check).",
     )
-    parser.add_argument("run_dir", help="a run directory written by pretextlab.train (holds results.json)")
+    parser.add_argument("run_dir", nargs="?", help="a run directory written by pretextlab.train (holds results.json)")
     parser.add_argument("--stage", help="cut the backbone at this stage (default: the whole backbone)")
     parser.add_argument("--output", help="weights file to write (default: <run dir>/export/backbone.safetensors)")
     parser.add_argument("--checkpoint", help="checkpoint to read (default: <run dir>/checkpoints/last.ckpt)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle the checkpoint fully (runs code stored in it; only for files you trust)")
+    parser.add_argument("--check", metavar="EXPORTED",
+                        help="load an exported backbone (its .safetensors, .json or folder) as load_backbone does "
+                             "and print what it is, instead of exporting")
     args = parser.parse_args(argv)
+    if (args.run_dir is None) == (args.check is None):
+        parser.error("give a run directory to export, or --check EXPORTED (not both)")
     try:
+        if args.check is not None:
+            backbone = load_backbone(args.check)
+            metadata = read_metadata(args.check)
+            print(f"ok: {_resolve_paths(args.check)[0]}: {metadata['build_config'].get('name')} backbone, stages "
+                  f"{list(backbone.stage_names)}, feature dim {backbone.feature_dim}, input "
+                  f"{(metadata.get('input') or {}).get('kind')}")
+            return 0
         weights = export_backbone(args.run_dir, stage=args.stage, output=args.output, checkpoint=args.checkpoint,
                                   trust_checkpoint=args.trust_checkpoint)
     except ExportError as error:

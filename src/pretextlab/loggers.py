@@ -10,13 +10,15 @@ W&B falls back to offline mode without a key or without network (files under the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import os
 import socket
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,7 +29,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from pretextlab.config import redact, scrub
+from pretextlab.config import redact, scrub, scrub_override
 from pretextlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -112,16 +114,38 @@ def _finish_wandb(logger: Any, exit_code: int) -> None:
 
 
 class WandbLogger(LightningWandbLogger):
-    """Lightning's ``WandbLogger`` whose config never receives a credential.
+    """Lightning's ``WandbLogger`` that never hands W&B a credential.
+
+    Its config is scrubbed (:func:`~pretextlab.config.scrub`), and so are the command-line
+    arguments W&B records with the run (its ``environment`` record, ``wandb-metadata.json`` once
+    synced): a ``+extra.api_token=...`` override reaches W&B as ``+extra.api_token=<redacted>``.
 
     It keeps the class name ``WandbLogger``: code that dispatches on the name (the image panels of
     :mod:`pretextlab.viz`) treats it as the W&B logger it is.
     """
 
+    @property
+    def experiment(self) -> Any:
+        if getattr(self, "_experiment", None) is not None:
+            return super().experiment
+        with _scrubbed_argv():  # W&B reads sys.argv when the run starts (wandb.init)
+            return super().experiment
+
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         plain = params if isinstance(params, Mapping) else vars(params)
         super().log_hyperparams(scrub(dict(plain)))
+
+
+@contextlib.contextmanager
+def _scrubbed_argv() -> Iterator[None]:
+    """``sys.argv`` with credential-like overrides and environment credentials redacted, for the block."""
+    original = sys.argv
+    sys.argv = [original[0], *(scrub_override(arg) for arg in original[1:])] if original else original
+    try:
+        yield
+    finally:
+        sys.argv = original
 
 
 def wandb_logger(
@@ -147,9 +171,10 @@ def wandb_logger(
     # Short init timeout: a slow network must not hang a sweep.
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    # Every field that reaches W&B is scrubbed: notes, tags, name, group, a config passed directly, ...
     logger = WandbLogger(
-        project=project, entity=entity, save_dir=save_dir, group=redact(group), tags=redact(list(tags or [])),
-        mode=resolved, name=redact(name), **kwargs)
+        project=redact(project), entity=redact(entity), save_dir=save_dir, group=redact(group),
+        tags=scrub(list(tags or [])), mode=resolved, name=redact(name), **scrub(dict(kwargs)))
     _LIVE_WANDB_LOGGERS.append(logger)
     return logger
 
@@ -273,7 +298,7 @@ def finish_loggers(loggers: Iterable[Any], results: Mapping[str, Any], step: int
     for logger in loggers:
         if isinstance(logger, LightningWandbLogger):
             run = getattr(logger, "_experiment", None) or logger.experiment
-            run.summary.update(metrics)
+            run.summary.update({redact(name): value for name, value in metrics.items()})
             _finish_wandb(logger, 1 if failed else 0)
         elif metrics:
             logger.log_metrics(metrics, step=step)

@@ -240,6 +240,10 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(task_cfg))
     atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_root))
     atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_node.overrides.task))
+    # Hydra records the command line as typed: credential-like overrides are redacted before anyone reads it.
+    from pretextlab.hydra_callbacks import scrub_hydra_files
+
+    scrub_hydra_files(folder)
 
 
 @contextlib.contextmanager

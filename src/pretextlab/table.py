@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import math
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pretextlab.io import atomic_write_bytes, atomic_write_text
+from pretextlab.results import RESULTS_FILE, ResultsError, ResultsRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,22 @@ PRETEXT_METRICS = [
 
 # -- collecting -------------------------------------------------------------------------------------
 def _read_record(path: Path) -> dict[str, Any]:
+    """The record in ``path`` as a dict, checked by :class:`~pretextlab.results.ResultsRecord`.
+
+    A file that is not a usable record becomes a failed row whose status names the file and the
+    problem; so does a finished pretext job that ran no pretraining step (its backbone is random
+    init: it must not be reported under its task's name).
+    """
     try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except (json.JSONDecodeError, ValueError, OSError) as error:
-        record = {"status": f"failed: unreadable results.json ({error})"}
+        checked = ResultsRecord.read(path)
+    except ResultsError as error:
+        kind = "unreadable" if "not valid JSON" in str(error) or "cannot be read" in str(error) else "invalid"
+        record: dict[str, Any] = {"status": f"failed: {kind} results.json at {error}"}
+    else:
+        record = checked.to_dict()
+        if checked.untrained:
+            record["status"] = (f"failed: task {checked.task} ran 0 pretraining steps, so its backbone is random init "
+                                f"({path}); re-run it with trainer.max_epochs >= 1")
     record["_path"] = str(path)
     return record
 
@@ -88,7 +98,7 @@ def collect_results(directories: list[Path]) -> list[dict[str, Any]]:
         directory = Path(directory)
         if not directory.exists():
             raise FileNotFoundError(f"sweep directory {directory} does not exist")
-        for path in sorted(directory.rglob("results.json")):
+        for path in sorted(directory.rglob(RESULTS_FILE)):
             record = _read_record(path)
             record["_source"] = str(directory)
             found.append(record)

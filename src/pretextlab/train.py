@@ -39,6 +39,7 @@ from pretextlab.io import atomic_write_json
 from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
 from pretextlab.rundir import (RESULTS_FILE, RUN_CONTROL_KEYS, ExistingResultsError, JobNotRunError, global_rank,
                                open_run_dir, write_hydra_record)
+from pretextlab.results import SCHEMA_VERSION as RESULTS_SCHEMA_VERSION
 from pretextlab.tasks.base import NonFiniteLossError
 
 log = logging.getLogger("pretextlab.train")
@@ -127,6 +128,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str
                                      plugins=[AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))])
 
     results: dict[str, Any] = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
         "status": "running",
         "task": cfg.task.name,
         "backbone": cfg.backbone.name,
@@ -151,7 +153,8 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str
     results["online_probe"] = _metric_values(logged, "probe/")
     results["epochs"] = int(logged.get("progress/epochs", trainer.current_epoch))
     results["steps"] = int(logged.get("progress/steps", trainer.global_step))
-    results["pretrain_images"] = len(datamodule.split("pretrain").labels) if task.pretrains else 0
+    # num_pretrain capped by the split; None: not held in memory (streamed)
+    results["pretrain_images"] = datamodule.pretrain_images if task.pretrains else 0
 
     eval_start = time.perf_counter()
     device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"

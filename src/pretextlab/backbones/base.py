@@ -79,3 +79,19 @@ class Backbone(nn.Module):
     @property
     def is_convolutional(self) -> bool:
         return True
+
+    @property
+    def min_input_size(self) -> int | None:
+        """Smallest side, in px, of a square input that every stage can process.
+
+        timm's ``pretrained_cfg["min_input_size"]`` as one number: a task that feeds the backbone
+        tiles or patches (jigsaw, context) is checked against it before training starts, instead of
+        failing mid-epoch inside a pooling layer. ``None``: the backbone does not say, and
+        :mod:`pretextlab.config` probes it with shape-only (``meta``) tensors.
+        """
+        return None
+
+    @property
+    def fixed_input_size(self) -> int | None:
+        """The only input side the backbone takes (a transformer's fixed patch grid), or None for any size."""
+        return None

@@ -65,6 +65,11 @@ class ConvNet(Backbone):
         self.stage_names = tuple(f"block{i + 1}" for i in range(num_blocks))
         self.stage_dims = tuple(dims)
 
+    @property
+    def min_input_size(self) -> int:
+        """``2^(num_blocks - 1)`` px: each max-pool halves the map (rounding down), and a 1 px map cannot be pooled."""
+        return 2 ** (len(self.blocks) - 1)
+
     def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
         features = images

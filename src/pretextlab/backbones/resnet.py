@@ -45,6 +45,15 @@ class ResNet(Backbone):
         self.stage_names = ("layer1", "layer2", "layer3", "layer4")
         self.stage_dims = tuple(width * expansion for width in (64, 128, 256, 512))
 
+    @property
+    def min_input_size(self) -> int:
+        """1 px: every strided conv and the stem's max-pool are padded, so a 1 px map stays 1 px.
+
+        Inputs that small carry little to the later stages (32x down-sampling with the ImageNet
+        stem, 8x with the CIFAR stem), but nothing fails.
+        """
+        return 1
+
     def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
         features = self.stem(images)

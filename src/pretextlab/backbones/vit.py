@@ -117,6 +117,15 @@ class VisionTransformer(Backbone):
         return False
 
     @property
+    def min_input_size(self) -> int:
+        return self.image_size
+
+    @property
+    def fixed_input_size(self) -> int:
+        """A fixed token grid (and position embedding): inputs must be ``image_size`` px exactly."""
+        return self.image_size
+
+    @property
     def num_patches(self) -> int:
         return self.grid_size[0] * self.grid_size[1]
 

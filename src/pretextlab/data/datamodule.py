@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretextlab.data.sources import DataError, DataSource, Split
 from pretextlab.ops.augment import random_crop_with_padding, random_horizontal_flip
+
+log = logging.getLogger(__name__)
 
 
 class InMemoryDataset(Dataset):
@@ -195,6 +198,12 @@ class PretextDataModule(L.LightningDataModule):
     def std(self) -> tuple[float, ...]:
         return tuple(self.source.std)
 
+    @property
+    def pretrain_images(self) -> int | None:
+        """Images pretraining really uses (``num_pretrain`` capped by the split); None until the split is loaded."""
+        data = self._splits.get("pretrain")
+        return None if data is None else len(data)
+
     def split(self, name: str) -> Split:
         """The named split (``pretrain``, ``train``, ``test``), loaded once."""
         if self.streaming:
@@ -210,6 +219,10 @@ class PretextDataModule(L.LightningDataModule):
                 generator = torch.Generator().manual_seed(self.seed)
                 keep = torch.randperm(len(data), generator=generator)[: self.num_pretrain].sort().values
                 data = Split(data.images[keep], data.labels[keep])
+            elif name == "pretrain" and self.num_pretrain is not None and self.num_pretrain > len(data):
+                log.warning("data.num_pretrain=%d is more than the %d images of the pretraining split: pretraining "
+                            "on all %d (results.json records pretrain_images=%d)", self.num_pretrain, len(data),
+                            len(data), len(data))
             self._splits[name] = data
         return self._splits[name]
 

@@ -233,8 +233,12 @@ class ImageFolderSource(DataSource):
             # A unique temporary name per writer: jobs of a parallel sweep may cache the same split at once.
             with atomic_path(cache_file) as tmp:
                 torch.save({"images": split_data.images, "labels": split_data.labels, "skipped": skipped}, tmp)
-        except OSError as error:  # a read-only home is no reason to fail a run
-            log.warning("could not cache decoded images at %s: %s", cache_file, error)
+        except (OSError, RuntimeError) as error:
+            # A read-only home or a full disk is no reason to fail a run (torch.save reports a failed
+            # write as a RuntimeError, "unexpected pos ..."); the partial file is removed by atomic_path.
+            log.warning("could not cache decoded images at %s (%s); the run goes on without the cache "
+                        "(set PRETEXTLAB_CACHE to a writable folder with free space)", cache_file,
+                        (str(error).strip().splitlines() or [type(error).__name__])[0])
 
 
 class TorchvisionSource(DataSource):

@@ -1,0 +1,167 @@
+"""The ``results.json`` record of one job, read back and checked: what the table (and later export
+and evaluation) may rely on.
+
+``pretextlab.train`` writes one ``results.json`` per job: ``status`` ``"ok"`` with the job's
+identity (task, backbone, data, seed), its metrics and its resolved config, or ``"failed: <first
+line of the error>"`` with whatever identity was known. :meth:`ResultsRecord.from_json` checks the
+types and the keys a record of its status needs, and raises :class:`ResultsError` naming the file
+and the field otherwise, so that a damaged or hand-made file can never pass for a finished job.
+
+``schema_version`` (absent in files written before it existed: version 1) lets a reader refuse a
+record written by a newer pretextlab instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The version of the record this module reads and ``pretextlab.train`` writes.
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+#: The task whose record is random init by definition: it alone may report 0 pretraining steps.
+NO_PRETRAINING_TASKS = ("none",)
+#: Keys an ``ok`` record must hold.
+REQUIRED_OK_KEYS = ("task", "backbone", "data", "seed", "eval")
+
+
+class ResultsError(ValueError):
+    """A results.json that cannot be used: unreadable, not a JSON object, or a field of the wrong type.
+
+    The message starts with the file's path when it is known.
+    """
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    # NaN is a number here: json.dumps writes it (e.g. a diverged metric) and the table shows it as such.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class ResultsRecord:
+    """One job's results, checked. ``raw`` is the whole JSON object (keys this class does not type stay there)."""
+
+    status: str
+    task: str | None
+    backbone: str | None
+    data: str | None
+    #: An int for a finished job; a failed job may record the (invalid) seed it was given, as text.
+    seed: int | str | None
+    schema_version: int = SCHEMA_VERSION
+    epochs: int | None = None
+    steps: int | None = None
+    #: Images the job really pretrained on (``data.num_pretrain`` capped by the split); None if not recorded.
+    pretrain_images: int | None = None
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def untrained(self) -> bool:
+        """A finished pretext job that ran no pretraining step: its backbone is random init, whatever its task says."""
+        return self.ok and self.task not in NO_PRETRAINING_TASKS and self.steps == 0
+
+    # -- reading ----------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | Path) -> ResultsRecord:
+        """The record in ``path``; :class:`ResultsError` (naming the path) when it is not a usable one."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ResultsError(f"{path}: cannot be read ({error})") from error
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ResultsError(f"{path}: not valid JSON ({error})") from error
+        return cls.from_json(payload, path)
+
+    @classmethod
+    def from_json(cls, payload: Any, path: str | Path | None = None) -> ResultsRecord:
+        """Check a decoded results.json object; :class:`ResultsError` lists every problem found."""
+        where = f"{path}: " if path is not None else ""
+        if not isinstance(payload, dict):
+            raise ResultsError(f"{where}not a JSON object but {type(payload).__name__}")
+        problems: list[str] = []
+
+        def wrong(key: str, wanted: str) -> None:
+            problems.append(f"{key}={_short(payload[key])} must be {wanted}")
+
+        version = payload.get("schema_version", 1)
+        if not _is_int(version) or version < 1:
+            problems.append(f"schema_version={_short(version)} must be an integer >= 1")
+        elif version > SCHEMA_VERSION:
+            raise ResultsError(f"{where}written with results schema {version}; this pretextlab reads up to "
+                               f"{SCHEMA_VERSION} (upgrade pretextlab)")
+
+        status = payload.get("status")
+        if "status" not in payload:
+            problems.append("no 'status'")
+        elif not isinstance(status, str) or not status.strip():
+            wrong("status", "a non-empty string ('ok' or 'failed: ...')")
+        ok = status == "ok"
+
+        if ok:
+            missing = [key for key in REQUIRED_OK_KEYS if key not in payload]
+            if missing:
+                problems.append(f"status 'ok' but no {', '.join(repr(k) for k in missing)}")
+            for key in ("task", "backbone", "data"):
+                if key in payload and not (isinstance(payload[key], str) and payload[key]):
+                    wrong(key, "a non-empty string")
+            if "seed" in payload and not _is_int(payload["seed"]):
+                wrong("seed", "an integer")
+            if "eval" in payload and not (isinstance(payload["eval"], dict)
+                                          and all(isinstance(v, dict) for v in payload["eval"].values())):
+                wrong("eval", "an object of protocol results (objects)")
+        for key in ("pretext", "online_probe", "wall_time"):
+            value = payload.get(key)
+            if value is not None and not (isinstance(value, dict) and all(_is_number(v) for v in value.values())):
+                wrong(key, "an object of numbers")
+        for key in ("epochs", "steps", "pretrain_images"):
+            value = payload.get(key)
+            if value is not None and not (_is_int(value) and value >= 0):
+                wrong(key, "an integer >= 0")
+        headline = payload.get("headline")
+        if headline is not None and not (isinstance(headline, dict)
+                                         and (headline.get("value") is None or _is_number(headline["value"]))):
+            wrong("headline", "an object with a numeric (or null) 'value'")
+        for key in ("config", "versions"):
+            if payload.get(key) is not None and not isinstance(payload[key], dict):
+                wrong(key, "an object")
+        chance = payload.get("chance_accuracy")
+        if chance is not None and not (_is_number(chance) and (math.isnan(chance) or 0 <= chance <= 1)):
+            wrong("chance_accuracy", "a number in [0, 1] or null")
+        if problems:
+            raise ResultsError(where + "; ".join(problems))
+
+        def text(key: str) -> str | None:  # a failed job records what it was given, whatever its type
+            value = payload.get(key)
+            return None if value is None else value if isinstance(value, str) else json.dumps(value, default=str)
+
+        seed = payload.get("seed")
+        return cls(
+            status=str(status), task=text("task"), backbone=text("backbone"), data=text("data"),
+            seed=seed if seed is None or _is_int(seed) else text("seed"),
+            schema_version=int(version), epochs=payload.get("epochs"), steps=payload.get("steps"),
+            pretrain_images=payload.get("pretrain_images"),
+            path=Path(path) if path is not None else None, raw=dict(payload))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object with the checked identity fields in their normalised form (for dict-based readers)."""
+        return {**self.raw, "status": self.status, "task": self.task, "backbone": self.backbone, "data": self.data,
+                "seed": self.seed}
