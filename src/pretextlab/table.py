@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import logging
+import json
 import math
 import statistics
 import sys
