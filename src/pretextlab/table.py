@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import logging
 import json
+import logging
 import math
 import statistics
 import sys
