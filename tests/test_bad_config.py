@@ -71,18 +71,19 @@ BAD_INPUTS: list[tuple[list[str], list[str]]] = [
     # No pretraining under a pretext task's name: the row would be random init labelled "rotation".
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "task=rotation pretrains", "task=none"]),
     (["task=jigsaw", "+trainer.max_steps=0"], ["trainer.max_steps=0", "random init"]),
-    # Tiles and patches the backbone cannot take (defect 9): the convnet's 3 max-pools need 8 px.
-    (["task=jigsaw", "data.source.image_size=24"],
+    # Tiles and patches the backbone cannot take (defect 9): the convnet's 3 max-pools need 8 px. Jigsaw's
+    # default (tile_input_size=auto) resizes tiles to what the backbone takes; null feeds them as cut.
+    (["task=jigsaw", "task.tile_input_size=null", "data.source.image_size=24"],
      ["data.source.image_size=24", "6 px tiles", "at least 8 px", "data.source.image_size >= 30"]),
-    (["task=jigsaw", "data.source.image_size=34", "task.grid=4"],
+    (["task=jigsaw", "task.tile_input_size=null", "data.source.image_size=34", "task.grid=4"],
      ["data.source.image_size=34", "4x4 grid", "6 px tiles", "at least 8 px", "task.grid=3"]),
     (["task=jigsaw", "task.tile_input_size=4"], ["task.tile_input_size=4", "at least 8 px"]),
-    (["task=jigsaw", "backbone.num_blocks=5"], ["data.source.image_size=32", "8 px tiles", "at least 16 px"]),
+    (["task=jigsaw", "task.tile_input_size=null", "backbone.num_blocks=5"], ["data.source.image_size=32", "8 px tiles", "at least 16 px"]),
     (["task=context", "data.source.image_size=24", "task.min_input_size=0"],
      ["task.min_input_size=0", "5 px patches", "at least 8 px"]),
     (["task=context", "backbone.num_blocks=6"], ["task.min_input_size=16", "at least 32 px"]),
     (["task=context", "task.patch_size=20"], ["task.patch_size=20", "needs 68 px"]),
-    (["task=multitask", "data.source.image_size=24"], ["data.source.image_size=24", "member jigsaw", "6 px tiles"]),
+    (["task=multitask", "task.members.jigsaw.task.tile_input_size=null", "data.source.image_size=24"], ["data.source.image_size=24", "member jigsaw", "6 px tiles"]),
 ]
 
 # Inputs whose problem Hydra itself reports at composition (typos, unknown options, bad syntax).

@@ -683,6 +683,8 @@ def _jigsaw_feeds(prefix: str, label: str, node: Any, node_class: Any,
             return 0
 
     resize = _option(node, node_class, "tile_input_size")
+    if resize == "auto":
+        return problems, []  # the task sizes its tiles to what every stage of the backbone can take
     if resize is not None:
         return problems, [_Feed(f"tiles resized to {resize} px", int(resize), f"{prefix}tile_input_size", resize,
                                 lambda needed: f"use {prefix}tile_input_size >= {needed}")]
