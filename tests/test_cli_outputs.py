@@ -60,23 +60,24 @@ def test_an_unwritable_output_directory_is_one_line_before_hydra_writes(tmp_path
 
 
 def test_command_line_credentials_do_not_stay_in_hydra_files(tmp_path):
-    secrets = [f"+extra.api_token={TOKEN}", "+logger.csv.notes=${oc.env:AWS_SECRET_ACCESS_KEY}",
+    secrets = [f"+extra.api_token={TOKEN}", "+extra.notes=${oc.env:AWS_SECRET_ACCESS_KEY}",
                f"+extra.note_{ENV_SECRET[:3]}={ENV_SECRET}"]
-    # A rejected config still gets Hydra's files (written before the job runs): they must be clean.
-    bad_lr = "task.optimizer.lr=-1"
+    # .hydra/ is written by pretextlab once a job runs (a refused or rejected one leaves none): it must be clean.
+    quick = ["trainer.max_epochs=1", "data.source.num_train=64", "data.source.num_test=32", "data.batch_size=32",
+             "data.eval_batch_size=32", "eval=none", "task.panel_images=0", "trainer.enable_progress_bar=false"]
     run_dir, sweep_dir = tmp_path / "secret-run", tmp_path / "secret-sweep"
-    single = _cli([*secrets, bad_lr, f"hydra.run.dir={run_dir}"], tmp_path)
-    sweep = _cli(["-m", *secrets, bad_lr, "seed=0,1", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    single = _cli([*secrets, *quick, f"hydra.run.dir={run_dir}"], tmp_path)
+    sweep = _cli(["-m", *secrets, *quick, "seed=0,1", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     (code, err), (sweep_code, sweep_err) = [(p.wait(timeout=600), p.stderr.read()) for p in (single, sweep)]
 
-    assert code == 2 and "task.optimizer.lr=-1" in err, err
+    assert code == 0, err
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert "+extra.api_token=<redacted>" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert "api_token: <redacted>" in (run_dir / ".hydra" / "config.yaml").read_text()
     # An interpolation is no credential: kept as given (it is resolved only in memory, then scrubbed).
     assert "${oc.env:AWS_SECRET_ACCESS_KEY}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
-    assert sweep_code == 0, sweep_err  # the sweep records its failed jobs and goes on
+    assert sweep_code == 0, sweep_err
     assert (sweep_dir / "multirun.yaml").is_file() and len(list(sweep_dir.glob("*/.hydra/hydra.yaml"))) == 2
     for root in (run_dir, sweep_dir):
         for secret in (TOKEN, ENV_SECRET):

@@ -114,7 +114,7 @@ def test_layout_that_does_not_fit_fails_clearly() -> None:
         default_patch_layout(10)
     from pretextlab.backbones import build_backbone
 
-    with pytest.raises(TaskConfigError, match=r"needs 86 px .*images are 64x64.*task.patch_size"):
+    with pytest.raises(TaskConfigError, match=r"needs 90 px .*images are 64x64.*task.patch_size"):
         ContextTask(backbone=build_backbone("convnet"), patch_size=24, image_size=32, min_cut_size=64)
     with pytest.raises(TaskConfigError, match=r"needs 44 px .*task.patch_size"):
         ContextTask(backbone=build_backbone("convnet"), patch_size=12, image_size=32)
