@@ -79,10 +79,10 @@ BAD_INPUTS: list[tuple[list[str], list[str]]] = [
      ["data.source.image_size=34", "4x4 grid", "6 px tiles", "at least 8 px", "task.grid=3"]),
     (["task=jigsaw", "task.tile_input_size=4"], ["task.tile_input_size=4", "at least 8 px"]),
     (["task=jigsaw", "task.tile_input_size=null", "backbone.num_blocks=5"], ["data.source.image_size=32", "8 px tiles", "at least 16 px"]),
-    (["task=context", "data.source.image_size=24", "task.min_input_size=0"],
-     ["task.min_input_size=0", "5 px patches", "at least 8 px"]),
+    (["task=context", "data.source.image_size=24", "task.min_cut_size=0", "task.min_input_size=0"],
+     ["task.min_input_size=0", "4 px patches", "at least 8 px"]),
     (["task=context", "backbone.num_blocks=6"], ["task.min_input_size=16", "at least 32 px"]),
-    (["task=context", "task.patch_size=20"], ["task.patch_size=20", "needs 68 px"]),
+    (["task=context", "task.patch_size=20"], ["task.patch_size=20", "needs 74 px"]),
     (["task=multitask", "task.members.jigsaw.task.tile_input_size=null", "data.source.image_size=24"], ["data.source.image_size=24", "member jigsaw", "6 px tiles"]),
 ]
 

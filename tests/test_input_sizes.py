@@ -38,15 +38,19 @@ def test_a_vit_takes_its_image_size_only():
 
 # (overrides, refused by the validator?)
 BOUNDARIES = [
-    (["task=jigsaw", "data.source.image_size=24"], True),
-    (["task=jigsaw", "data.source.image_size=30"], False),  # 10 px cells, 8 px tiles: the convnet's minimum
-    (["task=jigsaw", "data.source.image_size=34", "task.grid=4"], True),
-    (["task=jigsaw", "data.source.image_size=40", "task.grid=4"], False),
+    # Tiles fed as cut (tile_input_size=null) meet the backbone's minimum or are refused.
+    (["task=jigsaw", "task.tile_input_size=null", "data.source.image_size=24"], True),
+    (["task=jigsaw", "task.tile_input_size=null", "data.source.image_size=30"], False),  # 8 px tiles: the minimum
+    (["task=jigsaw", "task.tile_input_size=null", "data.source.image_size=34", "task.grid=4"], True),
+    (["task=jigsaw", "task.tile_input_size=null", "data.source.image_size=40", "task.grid=4"], False),
     (["task=jigsaw", "data.source.image_size=24", "task.tile_input_size=8"], False),
-    (["task=jigsaw", "data.source.image_size=24", "backbone=resnet18"], False),
-    (["task=context", "data.source.image_size=24", "task.min_input_size=0"], True),
-    (["task=context", "data.source.image_size=24", "task.min_input_size=8"], False),
-    (["task=context", "data.source.image_size=32", "task.min_input_size=0"], False),  # 8 px patches
+    (["task=jigsaw", "task.tile_input_size=null", "data.source.image_size=24", "backbone=resnet18"], False),
+    # The default, tile_input_size=auto, sizes tiles to what the backbone takes: small images train.
+    (["task=jigsaw", "data.source.image_size=24"], False),
+    # Context cut at the image's own size (min_cut_size=0): patches fed as cut or upsampled.
+    (["task=context", "data.source.image_size=24", "task.min_cut_size=0", "task.min_input_size=0"], True),
+    (["task=context", "data.source.image_size=24", "task.min_cut_size=0", "task.min_input_size=8"], False),
+    (["task=context", "data.source.image_size=24", "task.min_input_size=0"], False),  # cut from 64 px
 ]
 
 

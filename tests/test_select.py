@@ -59,7 +59,7 @@ def test_candidate_config_swaps_test_for_a_holdout_and_probes_linear_only(tmp_pa
     cfg = candidate_config(["experiment=table_cifar10_cpu", "task=jigsaw"],
                            Candidate("grid3-e10", ["task.grid=3", "task.num_permutations=100"], 10), tmp_path, 0.1)
     assert cfg.data.source._target_ == "pretextlab.select.HoldoutSource"
-    assert cfg.data.source.base._target_ == "pretextlab.data.ImageFolderSource"
+    assert cfg.data.source.base._target_ == "pretextlab.data.image_folder"  # in memory or streamed, as configured
     assert list(cfg.eval.protocols) == ["linear"] and cfg.eval.headline == "linear/val_top1"
     assert (cfg.task.grid, cfg.trainer.max_epochs, cfg.data.num_pretrain) == (3, 10, 10_000)
     # The old per-task record of the preset does not leak into a candidate.

@@ -303,14 +303,14 @@ def test_damaged_records_become_failed_rows_that_name_their_file(tmp_path):
     assert any("no 'task', 'backbone', 'data', 'seed', 'eval'" in s for s in statuses)
     assert any("eval='great'" in s and "epochs=-3" in s for s in statuses)
     ok_rows = [row for row in body_rows(markdown) if row[header(markdown).index("status")] == "ok"]
-    assert [row[0] for row in ok_rows] == ["rotation"]
+    assert [row[0] for row in ok_rows] == ["rotation (5 ep)"]  # the label carries the pretraining budget
 
 
 def test_a_pretext_row_that_never_pretrained_says_so(tmp_path):
     untrained = {**ok_record("rotation", 0.3), "epochs": 0, "steps": 0}  # written by trainer.max_epochs=0 before
     sweep = write_sweep(tmp_path / "sweep", [ok_record("none", 0.3), untrained])
     markdown = build_table([sweep])
-    rows = {row[0]: row for row in body_rows(markdown)}
+    rows = {row[0].split(" (")[0]: row for row in body_rows(markdown)}  # labels end in their budget
     status = rows["rotation"][header(markdown).index("status")]
     assert status.startswith("failed: task rotation ran 0 pretraining steps, so its backbone is random init")
     assert rows["rotation"][header(markdown).index("linear top-1 % (best stage)")] == "–"

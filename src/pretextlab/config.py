@@ -708,22 +708,16 @@ def _jigsaw_feeds(prefix: str, label: str, node: Any, node_class: Any,
 def _context_feeds(prefix: str, label: str, node: Any, node_class: Any, image_size: int,
                    backbone: Any) -> tuple[list[str], list[_Feed]]:
     """The context task's 3x3 patch layout against the image size, and the patches it feeds the backbone."""
-    from pretextlab.ops.patches import PatchLayout, default_patch_layout
+    from pretextlab.tasks.base import TaskConfigError
 
+    options = {key: _option(node, node_class, key)
+               for key in ("min_cut_size", "layout_room", "patch_size", "gap", "jitter")}
     try:
-        default = default_patch_layout(image_size)
-    except ValueError as error:
-        return [_problem("data.source.image_size", image_size, f"{label}: {error}")], []
-    given = {name: _option(node, node_class, key)
-             for name, key in (("patch", "patch_size"), ("gap", "gap"), ("jitter", "jitter"))}
-    layout = PatchLayout(**{name: getattr(default, name) if value is None else int(value)
-                            for name, value in given.items()})
-    try:
-        layout.validate(image_size, image_size)
-    except ValueError as error:
-        key = next((k for k, v in (("patch_size", given["patch"]), ("gap", given["gap"]), ("jitter", given["jitter"]))
-                    if v is not None), "patch_size")
-        return [_problem(f"{prefix}{key}", _option(node, node_class, key), f"{label}: {error}")], []
+        cut_size, layout = node_class.plan_layout(image_size, **options)
+    except TaskConfigError as error:
+        key = next((k for k in ("patch_size", "gap", "jitter", "layout_room", "min_cut_size")
+                    if options[k] is not None and k in str(error)), "patch_size")
+        return [_problem(f"{prefix}{key}", options[key], str(error))], []
     if backbone is None or not backbone.is_convolutional:
         return [], []  # a transformer gets every patch resized to the image size
     upsample_to = int(_option(node, node_class, "min_input_size") or 0)
@@ -731,7 +725,7 @@ def _context_feeds(prefix: str, label: str, node: Any, node_class: Any, image_si
         what = f"{layout.patch} px patches upsampled to {upsample_to} px ({prefix}min_input_size)"
         return [], [_Feed(what, upsample_to, f"{prefix}min_input_size", upsample_to,
                           lambda needed: f"use {prefix}min_input_size >= {needed}")]
-    what = f"{layout.patch} px patches as cut ({image_size} px images; {prefix}min_input_size={upsample_to} " \
+    what = f"{layout.patch} px patches as cut ({cut_size} px cut; {prefix}min_input_size={upsample_to} " \
            "does not upsample them)"
     return [], [_Feed(what, layout.patch, f"{prefix}min_input_size", upsample_to,
                       lambda needed: f"use {prefix}min_input_size >= {needed} (patches are upsampled to it), "

@@ -235,6 +235,9 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     hydra_node: Any = HydraConfig.get()
     if hydra_node.get("output_subdir") is not None:
         return  # the user asked Hydra for its own subdir: Hydra wrote it before the job
+    output_dir = OmegaConf.select(hydra_node, "runtime.output_dir", default=None)
+    if output_dir is None or Path(output_dir).resolve() != run_dir.resolve():
+        return  # a Hydra state left by an earlier app in this process, not this job's
     folder = run_dir / HYDRA_RECORD
     task_cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(task_cfg))

@@ -380,8 +380,8 @@ def smallest_input_size(backbone: Backbone, min_map: int, start: int, limit: int
     backbone.eval()
     try:
         device = next(backbone.parameters()).device
-        with torch.no_grad():
-            for size in range(max(1, start), limit + 1):
+        with torch.no_grad():  # below the backbone's own minimum its pools fail: start there
+            for size in range(max(1, start, backbone.min_input_size or 1), limit + 1):
                 maps = backbone.stage_outputs(torch.zeros(1, backbone.in_channels, size, size, device=device))
                 if all(m.ndim != 4 or min(m.shape[-2:]) >= min_map for m in maps):
                     return size

@@ -54,6 +54,34 @@ class ContextTask(PretextTask):
     chance_accuracy = 1.0 / NUM_NEIGHBOURS
     requires = "any"
 
+    @staticmethod
+    def plan_layout(image_size: int, min_cut_size: int = 0, layout_room: int | None = 0,
+                    patch_size: int | None = None, gap: int | None = None,
+                    jitter: int | None = None) -> tuple[int, PatchLayout]:
+        """The cut size and the 3x3 patch layout for ``image_size`` px images (the validator asks
+        this too, so the config check and the training step cannot disagree)."""
+        if min_cut_size < 0:
+            raise TaskConfigError(f"task.min_cut_size={min_cut_size} must be >= 0 (0: cut at the image size)")
+        cut_size = max(int(image_size), int(min_cut_size))
+        room = cut_size // 8 if layout_room is None else int(layout_room)
+        if not 0 <= room < cut_size:
+            raise TaskConfigError(f"task.layout_room={layout_room} must lie in [0, {cut_size}) px")
+        span = cut_size - room
+        default = default_patch_layout(span) if span >= 11 else PatchLayout(1, 3, 1)
+        layout = PatchLayout(
+            patch=default.patch if patch_size is None else int(patch_size),
+            gap=default.gap if gap is None else int(gap),
+            jitter=default.jitter if jitter is None else int(jitter),
+        )
+        try:
+            layout.validate(cut_size, cut_size)
+        except ValueError as error:
+            raise TaskConfigError(
+                f"task=context: {error} (set task.patch_size / task.gap / task.jitter, or null for the "
+                f"defaults scaled to the {cut_size} px cut size)"
+            ) from error
+        return cut_size, layout
+
     def __init__(
         self,
         patch_size: int | None = None,
@@ -71,26 +99,8 @@ class ContextTask(PretextTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if min_cut_size < 0:
-            raise TaskConfigError(f"task.min_cut_size={min_cut_size} must be >= 0 (0: cut at the image size)")
-        self.cut_size = max(self.image_size, int(min_cut_size))
-        room = self.cut_size // 8 if layout_room is None else int(layout_room)
-        if not 0 <= room < self.cut_size:
-            raise TaskConfigError(f"task.layout_room={layout_room} must lie in [0, {self.cut_size}) px")
-        span = self.cut_size - room
-        default = default_patch_layout(span) if span >= 11 else PatchLayout(1, 3, 1)
-        self.layout = PatchLayout(
-            patch=default.patch if patch_size is None else int(patch_size),
-            gap=default.gap if gap is None else int(gap),
-            jitter=default.jitter if jitter is None else int(jitter),
-        )
-        try:
-            self.layout.validate(self.cut_size, self.cut_size)
-        except ValueError as error:
-            raise TaskConfigError(
-                f"task=context: {error} (set task.patch_size / task.gap / task.jitter, or null for the "
-                f"defaults scaled to the {self.cut_size} px cut size)"
-            ) from error
+        self.cut_size, self.layout = self.plan_layout(self.image_size, min_cut_size, layout_room,
+                                                      patch_size, gap, jitter)
         if pairs_per_image < 1:
             raise TaskConfigError(f"task.pairs_per_image={pairs_per_image} must be >= 1")
         if min_input_size < 0:
