@@ -409,6 +409,7 @@ READ_BEFORE_BUILD = {"trainer": frozenset({"compile"})}
 def _known_top_level_keys() -> frozenset[str]:
     """The groups of train.yaml's defaults list and its own keys."""
     root = OmegaConf.load(config_dir() / "train.yaml")
+    assert isinstance(root, DictConfig)
     groups = set()
     for entry in root.get("defaults", []):
         if isinstance(entry, (DictConfig, dict)):
@@ -423,10 +424,10 @@ def _accepted_arguments(target: Any) -> set[str] | None:
     import inspect
 
     if not isinstance(target, type):
-        parameters = inspect.signature(target).parameters.values()
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        arguments = inspect.signature(target).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in arguments):
             return None
-        return {p.name for p in parameters}
+        return {p.name for p in arguments}
     names: set[str] = set()
     for cls in target.__mro__:
         if "__init__" not in cls.__dict__ or cls is object:
