@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+STEPS = ["environment", "jpeg_folder", "streaming_bf16", "streaming_16mixed", "on_device", "compile", "ddp",
+         "bench_end_to_end", "bench_step_overhead"]
+
+
+def test_gpu_check_keeps_its_time_limit_and_reports_every_step(tmp_path: Path) -> None:
+    """The hard limit, in the suite's time: a step still running at the limit is killed whole, the
+    steps after it are skipped, and the one report names every step."""
+    report_file = tmp_path / "report.json"
+    started = time.monotonic()
+    completed = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--report", str(report_file)],
+        cwd=ROOT, env={**os.environ, "PYTHON": sys.executable, "GPU_CHECK_LIMIT_S": "20"}, capture_output=True,
+        text=True, timeout=120, check=False,
+    )
+    elapsed = time.monotonic() - started
+    report = json.loads(report_file.read_text())
+    statuses = {step["name"]: step["status"] for step in report["steps"]}
+    assert list(statuses) == STEPS, statuses
+    assert statuses["environment"] == "ok"
+    assert any(status.startswith("failed: timed out after") for status in statuses.values()), statuses
+    assert statuses["bench_step_overhead"] == "skipped: the 20 s limit was reached"
+    assert report["failures"] and completed.returncode == 1
+    assert elapsed < 20 + 15  # the limit, plus interpreter start-up and the last report write
+
+
+@pytest.mark.slow  # every step at tiny sizes: several minutes on two CPU cores
 def test_gpu_check_dry_run_runs_every_step_on_cpu_and_writes_one_report(tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
     completed = subprocess.run(
@@ -23,8 +50,7 @@ def test_gpu_check_dry_run_runs_every_step_on_cpu_and_writes_one_report(tmp_path
     )
     report = json.loads(report_file.read_text())
     steps = {step["name"]: step for step in report["steps"]}
-    assert list(steps) == ["environment", "jpeg_folder", "streaming_bf16", "streaming_16mixed", "on_device",
-                           "compile", "ddp", "bench_end_to_end", "bench_step_overhead"]
+    assert list(steps) == STEPS
     failed = {name: step["status"] for name, step in steps.items() if not step["status"].startswith("ok")}
     assert not failed, (failed, completed.stdout[-3000:])
     assert report["failures"] == []
