@@ -158,6 +158,7 @@ def export_backbone(run_dir: str | Path, stage: str | None = None, output: str |
         },
         "task": task_name,
         "data": results.get("data"),
+        "seed": results.get("seed"),
         "run_status": results.get("status"),
         "checkpoint": {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
         "pretextlab_version": _version(),

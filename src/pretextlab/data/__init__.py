@@ -9,6 +9,7 @@ from pretextlab.data.sources import (
     SyntheticSource,
     TorchvisionSource,
 )
+from pretextlab.data.voc import VOC2007Source
 
 __all__ = [
     "DataError",
@@ -19,4 +20,5 @@ __all__ = [
     "Split",
     "SyntheticSource",
     "TorchvisionSource",
+    "VOC2007Source",
 ]

@@ -242,6 +242,8 @@ class PretextDataModule(L.LightningDataModule):
             images, labels = data.images[index], data.labels[index]
         else:
             images, labels = batch
+        if labels.ndim > 1:  # multi-label targets (VOC): the online probe takes single labels; give it none
+            labels = labels.new_full((len(labels),), -1)
         return self.prepare_images(images, augment=training), labels
 
     def prepare_images(self, images: torch.Tensor, augment: bool) -> torch.Tensor:

@@ -4,7 +4,8 @@ Evaluation knows nothing of tasks: it sees an encoder that maps [0, 1] images to
 (:class:`pretextlab.tasks.base.EvaluationEncoder`) and a datamodule that serves the splits.
 
 Protocols: :class:`LinearProbe` (``linear``), :class:`KNNProbe` (``knn``) work on features extracted
-once per run; :class:`FineTune` (``finetune``) trains a copy of the encoder itself.
+once per run; :class:`FineTune` (``finetune``) trains a copy of the encoder itself;
+:class:`VOC07SVM` (``voc07_svm``) scores multi-label data with per-class linear SVMs (mAP).
 """
 
 from pretextlab.evaluation.extract import FeatureSet, extract_features, feature_fingerprint
@@ -13,12 +14,14 @@ from pretextlab.evaluation.knn import KNNProbe, knn_scores
 from pretextlab.evaluation.linear import LinearProbe, train_linear_models
 from pretextlab.evaluation.runner import evaluate, resolve_stages
 from pretextlab.evaluation.splits import select_shots, stratified_split
+from pretextlab.evaluation.voc07 import VOC07SVM
 
 __all__ = [
     "FeatureSet",
     "FineTune",
     "KNNProbe",
     "LinearProbe",
+    "VOC07SVM",
     "evaluate",
     "extract_features",
     "feature_fingerprint",
