@@ -195,14 +195,15 @@ def test_single_label_protocols_refuse_multi_label_data(runs, voc_root, tmp_path
         _evaluate(runs["export"], ["data=voc2007", f"data.source.root={voc_root}"], tmp_path / "x")
 
 
-def test_bad_input_fails_in_one_line_and_writes_nothing(runs, tmp_path):
-    """Several command lines at once (the interpreter start-up dominates their time)."""
-    foreign = _copy_run(runs["rotation"], tmp_path / "foreign")
-    shutil.copy(runs["colorization"] / "checkpoints" / "last.ckpt", foreign / "checkpoints" / "last.ckpt")
+def test_bad_input_fails_in_one_line_and_records_no_results(tmp_path):
+    """Two command lines at once (the interpreter start-up dominates their time); the other kinds of bad
+    input are checked in-process below, by the same code."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
     cases = {
         "missing path": ([str(tmp_path / "missing")],
                          f"pretrained path {tmp_path / 'missing'} does not exist; give a run directory"),
-        "foreign checkpoint": ([str(foreign)], "was written by another run than the one"),
+        "neither run nor export": ([str(plain)], f"{plain} is neither a run directory"),
     }
     env = _environment(tmp_path)
     processes = {
@@ -270,6 +271,10 @@ def test_bad_input_is_named(runs, tmp_path):
     torch.save({**stored, "payload": Foreign()}, checkpoint)
     with pytest.raises(CheckpointError, match=r"holds objects other than tensors.*Foreign.*was not loaded; if you "
                                               r"trust its origin, export it with .*--trust-checkpoint"):
+        load_pretrained(copy)
+    shutil.copy(runs["colorization"] / "checkpoints" / "last.ckpt", checkpoint)
+    with pytest.raises(CheckpointError, match=r"was written by another run than the one .* describes \(task "
+                                              r"'colorization' vs 'rotation'\); evaluate the run that wrote it"):
         load_pretrained(copy)
     torch.save({**stored, "state_dict": {"backbone.extra": torch.zeros(1)}}, checkpoint)
     with pytest.raises(ExportError, match="does not match the described backbone"):

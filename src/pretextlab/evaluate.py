@@ -468,7 +468,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate_evaluate_config(cfg)
     started = time.perf_counter()
     pretrained = load_pretrained(str(cfg.pretrained), cfg.get("checkpoint"))
-    from pretextlab.train import resolved_config
+    from pretextlab.train import resolved_config  # Lightning loads only once there is a backbone to evaluate
+
     _, chosen_by = _evaluation_size(cfg, pretrained)
     run_dir = Path(cfg.paths.run_dir)
     config = {**resolved_config(cfg), WEIGHTS_KEY: pretrained.info["weights_sha256"]}
