@@ -42,7 +42,7 @@ BAD_INPUTS: list[tuple[list[str], list[str]]] = [
     (["task=mae", "backbone=vit_tiny", "task.mask_ratio=1.5"], ["task.mask_ratio=1.5", "(0, 1)"]),
     (["task=mae", "backbone=vit_tiny", "task.mask_ratio=0"], ["task.mask_ratio=0", "(0, 1)"]),
     # Any task's mask fraction, whatever its yaml: the rule matches the key name under task.
-    (["+task.mask_fraction=1.5"], ["task.mask_fraction=1.5", "(0, 1)"]),
+    (["task=inpainting", "task.mask_fraction=1.5"], ["task.mask_fraction=1.5", "(0, 1)"]),
     (["task=mae", "backbone=vit_tiny", "data.source.image_size=30"], ["backbone=vit", "image_size=30"]),
     (["task=jigsaw", "task.grid=20"], ["task.grid=20", "does not fit a 32x32 image"]),
     (["task=jigsaw", "task.grid=2", "task.num_permutations=30"], ["task.num_permutations=30", "4! = 24"]),
@@ -173,7 +173,37 @@ def test_command_line_prints_one_line_and_writes_nothing(tmp_path):
     assert "Traceback" not in validation_err
     _assert_nothing_written(tmp_path / "a")
 
-    assert typo.returncode != 0
-    assert "batch_sise" in typo_err.splitlines()[0], typo_err
+    assert typo.returncode == 2, typo_err
+    assert typo_err.splitlines()[0].startswith(
+        "pretextlab: error: data.batch_sise is not a setting of this config"), typo_err
     assert "Traceback" not in typo_err
     _assert_nothing_written(tmp_path / "b")
+
+
+# (overrides, the first line of stderr starts with): what Hydra itself refuses, and keys it would
+# accept that nothing reads (a `+`-added top-level key, a key the built class does not take).
+CLI_TYPOS = [
+    (["task=rotaton"], "pretextlab: error: could not find 'task/rotaton'; available options in 'task': colorization,"),
+    (["trainer.max_epochs=[1"], "pretextlab: error: cannot parse override 'trainer.max_epochs=[1'"),
+    (["+seeed=3"], "pretextlab: error: seeed is not a pretextlab setting (top-level keys: backbone,"),
+    (["+trainer.max_epoch=3"], "pretextlab: error: trainer.max_epoch is not a setting of lightning.pytorch.Trainer "
+                               "(did you mean trainer.max_epochs?)"),
+    (["+task.tile_ratio=0.5"], "pretextlab: error: task.tile_ratio is not a setting of pretextlab.tasks.RotationTask"),
+]
+
+
+def test_command_line_typos_hydra_sees_or_nothing_reads_end_in_one_line_and_exit_2(tmp_path):
+    runs = [(_cli([*overrides, f"hydra.run.dir={tmp_path / str(i)}"], tmp_path), start)
+            for i, (overrides, start) in enumerate(CLI_TYPOS)]
+    for i, (process, start) in enumerate(runs):
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 2, err
+        assert err.splitlines()[0].startswith(start), err
+        assert "Traceback" not in err
+        _assert_nothing_written(tmp_path / str(i))
+
+
+def test_extra_notes_are_accepted_and_recorded(make_config):
+    from pretextlab.config import validate_config
+
+    validate_config(make_config(["+extra.notes=baseline"]))

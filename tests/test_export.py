@@ -22,8 +22,8 @@ FAST = [
     *FAST_RUN,
     "logger=csv",  # writes the module's hyper-parameters: one more place a secret could leak into
     # A credential interpolated into the config, under an innocent name and under a telling one.
-    "+notes=run by ${oc.env:WANDB_API_KEY}",
-    "+wandb_api_key=${oc.env:WANDB_API_KEY}",
+    "+extra.notes=run by ${oc.env:WANDB_API_KEY}",
+    "+extra.wandb_api_key=${oc.env:WANDB_API_KEY}",
 ]
 
 
@@ -178,8 +178,8 @@ def test_a_checkpoint_with_code_in_it_is_never_unpickled(finished_run, tmp_path)
 
 def test_secrets_never_reach_any_output(finished_run):
     results = json.loads((finished_run / "results.json").read_text())
-    assert results["config"]["notes"] == "run by <redacted>"
-    assert results["config"]["wandb_api_key"] == "<redacted>"
+    assert results["config"]["extra"]["notes"] == "run by <redacted>"
+    assert results["config"]["extra"]["wandb_api_key"] == "<redacted>"
     leaks = [str(path) for path in finished_run.rglob("*") if path.is_file()
              and FAKE_KEY.encode() in path.read_bytes()]
     assert leaks == []

@@ -94,6 +94,18 @@ def test_member_with_mismatched_channels_in_the_config_fails_at_startup(make_con
     assert isinstance(caught.value, TaskConfigError) or isinstance(caught.value.__cause__, TaskConfigError)
 
 
+def test_a_multitask_run_logs_every_member_and_writes_a_weights_only_checkpoint(make_config, tmp_path):
+    results = run(make_config(["task=multitask"]))
+    pretext = results["pretext"]
+    for name in ("rotation", "jigsaw", "context"):
+        assert f"val_{name}_acc" in pretext and f"train_loss_{name}" in pretext, sorted(pretext)
+    assert "val_inpainting_acc" not in pretext and "train_loss_inpainting" not in pretext  # weight 0
+    assert results["online_probe"]  # the shared probe ran
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert set(checkpoint["hyper_parameters"]["members"]) == {"rotation", "jigsaw", "context"}
+
+
+@pytest.mark.slow  # two epochs of 1,024 images
 def test_short_multitask_run_logs_every_member_and_learns_rotation(make_config, tmp_path):
     # Default members: rotation + jigsaw + context. Measured (2 epochs of 1,024 images, half of them
     # close-ups): val rotation acc 0.605 / 0.607 (seeds 0 / 1, chance 0.25), context 0.27 / 0.24

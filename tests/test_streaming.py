@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
@@ -316,3 +317,20 @@ def test_exif_rotated_jpegs_skip_the_gpu_decoder_which_would_ignore_the_rotation
     dataset = StreamingDataset(listing, CropPolicy(8, "resize_center", 8), encoded=True)
     kinds = {listing.path(i).rsplit("/", 1)[-1]: dataset[i][0].ndim for i in range(2)}
     assert kinds == {"plain.jpg": 1, "rotated.jpg": 3}  # still encoded / decoded upright in the worker
+
+
+def test_colorization_fits_its_colour_prior_from_the_streamed_pretraining_files(tmp_path):
+    root = labelled_folder(tmp_path / "data", train=6)
+    cfg = streamed_config(root, "task=colorization", "task.prior_images=5", "task.panel_images=0", "eval=none",
+                          "data.batch_size=4",
+                          run_dir=tmp_path / "run")
+    datamodule = instantiate(cfg.data)
+    picked = datamodule.sample_images("pretrain", 5)
+    assert picked.dtype == torch.uint8 and tuple(picked.shape) == (5, 3, 16, 16)  # 5 of 12 files, centre-cut
+    assert datamodule.sample_images("pretrain", 50).shape[0] == 12  # never more than the split holds
+
+    results = run(cfg)
+    assert results["status"] == "ok"
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert bool(state["prior_fitted"])
+    assert not torch.allclose(state["prior"], torch.full_like(state["prior"], 1 / len(state["prior"])))

@@ -147,7 +147,7 @@ def test_wandb_without_key_runs_offline_with_metrics_config_group_tags_and_panel
     assert loggers_module.wandb_mode("auto") == "offline"
     run_dir = tmp_path / "run"
     # A top-level key whose value is the credential: resolved_config redacts it, and so must W&B's config.
-    results = run(make_config(TINY_WANDB + [f"+notes=${{oc.env:{FAKE_SECRET_ENV}}}"]))
+    results = run(make_config(TINY_WANDB + [f"+extra.notes=${{oc.env:{FAKE_SECRET_ENV}}}"]))
     assert results["status"] == "ok"
 
     runs = _offline_runs(run_dir)
@@ -172,7 +172,7 @@ def test_wandb_without_key_runs_offline_with_metrics_config_group_tags_and_panel
     assert config["trainer"]["max_epochs"] == 1
     assert config["eval"]["protocols"]["linear"]["epochs"] == 3
     assert config["seed"] == 0
-    assert config["notes"] == REDACTED
+    assert config["extra"]["notes"] == REDACTED
 
     # Every job of a sweep in one group, tagged for filtering.
     assert stored.group == SWEEP_ID

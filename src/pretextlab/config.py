@@ -398,6 +398,89 @@ def _check_rules(cfg: DictConfig) -> list[str]:
     return problems
 
 
+# -- unknown keys ------------------------------------------------------------------------------
+#: Top-level keys besides the config groups and train.yaml's own: ``extra`` holds free-form notes
+#: (``+extra.notes=...``) that are recorded with the run and read by nothing.
+FREE_TOP_LEVEL_KEYS = frozenset({"extra", "hydra"})
+#: Keys of instantiated nodes that pretextlab reads itself and removes before building the node.
+READ_BEFORE_BUILD = {"trainer": frozenset({"compile"})}
+
+
+def _known_top_level_keys() -> frozenset[str]:
+    """The groups of train.yaml's defaults list and its own keys."""
+    root = OmegaConf.load(config_dir() / "train.yaml")
+    assert isinstance(root, DictConfig)
+    groups = set()
+    for entry in root.get("defaults", []):
+        if isinstance(entry, (DictConfig, dict)):
+            for key in entry:
+                groups.add(str(key).removeprefix("optional ").removeprefix("override ").split("@")[0])
+    return frozenset(groups | {str(k) for k in root.keys() if k != "defaults"} | FREE_TOP_LEVEL_KEYS)
+
+
+def _accepted_arguments(target: Any) -> set[str] | None:
+    """The keyword arguments ``target`` takes, following ``**kwargs`` handed up the class hierarchy;
+    None when it takes any."""
+    import inspect
+
+    if not isinstance(target, type):
+        arguments = inspect.signature(target).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in arguments):
+            return None
+        return {p.name for p in arguments}
+    names: set[str] = set()
+    for cls in target.__mro__:
+        if "__init__" not in cls.__dict__ or cls is object:
+            continue
+        parameters = list(inspect.signature(cls.__dict__["__init__"]).parameters.values())[1:]
+        names |= {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return names
+    return None
+
+
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys nothing reads: a mistyped or ``+``-added top-level key, or a key of an instantiated node
+    (``_target_``) that its class or function does not take."""
+    from hydra.utils import get_object
+
+    problems = [f"{key} is not a pretextlab setting (top-level keys: "
+                f"{', '.join(sorted(_known_top_level_keys() - {'hydra'}))}); remove it, or put notes under "
+                f"+extra.{key}=..." for key in map(str, cfg.keys()) if key not in _known_top_level_keys()]
+    for path, parent, key in _walk(cfg):
+        node = parent._get_node(key)
+        if not isinstance(node, DictConfig) or node._is_missing() or node._is_none() or "_target_" not in node:
+            continue
+        target_name = node._get_node("_target_")
+        if target_name is None or target_name._is_interpolation():
+            continue
+        try:
+            accepted = _accepted_arguments(get_object(str(target_name._value())))
+        except Exception:  # an unknown target is reported when it is built
+            continue
+        if accepted is None:
+            continue
+        accepted |= READ_BEFORE_BUILD.get(path, frozenset())
+        for name in map(str, node.keys()):
+            if not name.startswith("_") and name not in accepted:
+                close = sorted(accepted, key=lambda a: _edit_distance(a, name))[:1]
+                near = close and _edit_distance(close[0], name) <= max(1, len(name) // 3)
+                hint = f" (did you mean {path}.{close[0]}?)" if near else ""
+                problems.append(f"{path}.{name} is not a setting of {target_name._value()}{hint}; "
+                                f"its settings: {', '.join(sorted(accepted))}")
+    return problems
+
+
+def _edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
 # -- checks across keys ------------------------------------------------------------------------
 def _build_backbone_on_meta(cfg: DictConfig) -> Any:
     """The configured backbone with ``meta`` tensors: stage names and shapes, no memory, no weights."""
@@ -772,7 +855,7 @@ def validate_config(cfg: DictConfig) -> None:
     The message's first line is the first problem (key, value and what is allowed); the other
     problems follow, one a line.
     """
-    problems = _check_rules(cfg)
+    problems = _unknown_keys(cfg) + _check_rules(cfg)
     if not problems:  # cross-checks assume every single key has the right type
         problems = _cross_checks(cfg)
     if not problems:

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pretextlab
 from pretextlab import distributed
+from pretextlab.hydra_errors import run_hydra_app
 from pretextlab.backbones.base import Backbone
 from pretextlab.checkpoints import AtomicCheckpointIO, resume_plan
 from pretextlab.config import ConfigError, config_dir, project_root, redact, scrub, validate_config
@@ -305,5 +306,10 @@ def main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
+def cli() -> None:
+    """The ``pretextlab-train`` command: ``main`` with Hydra's composition errors as one line (exit 2)."""
+    run_hydra_app(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

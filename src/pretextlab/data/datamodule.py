@@ -226,6 +226,25 @@ class PretextDataModule(L.LightningDataModule):
             self._splits[name] = data
         return self._splits[name]
 
+    def sample_images(self, name: str, count: int) -> torch.Tensor:
+        """``count`` images of a split evenly spaced over it (all when it has fewer), uint8 ``(N, 3, H, W)``,
+        unaugmented: what a task fits statistics on before training (colorization's colour prior).
+
+        In memory they are picked from the loaded split; streamed, only those files are read, cut
+        at the evaluation geometry (a centre crop), by the configured loader workers.
+        """
+        if count < 1:
+            raise ValueError(f"sample_images needs count >= 1, got {count}")
+        if not self.streaming:
+            images = self.split(name).images
+            return images[torch.linspace(0, len(images) - 1, min(count, len(images))).round().long()]
+        listing = self._streamed(name).listing  # type: ignore[attr-defined]
+        picks = torch.linspace(0, len(listing) - 1, min(count, len(listing))).round().long()
+        dataset = self.source.dataset("train", listing.subset(picks.numpy()))  # type: ignore[attr-defined]
+        options = {**self._loader_options(), "persistent_workers": False, "pin_memory": False}
+        loader = DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **options)
+        return torch.cat([images for images, _ in loader])
+
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if not self.streaming:

@@ -181,10 +181,11 @@ class ColorizationTask(PretextTask):
         if bool(self.prior_fitted):
             return  # restored from a checkpoint
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "split"):
+        if datamodule is None or not hasattr(datamodule, "sample_images"):
             log.warning("colorization: no datamodule with a 'pretrain' split; class rebalancing stays uniform")
             return
-        self.fit_prior(datamodule.split("pretrain").images)
+        # in memory or streamed: only the images the prior uses are read
+        self.fit_prior(datamodule.sample_images("pretrain", self.prior_images))
 
     @torch.no_grad()
     def fit_prior(self, images: torch.Tensor, chunk: int = 500) -> None:
