@@ -63,9 +63,6 @@ log = logging.getLogger("pretextlab.evaluate")
 
 #: How each input kind turns [0, 1] RGB into the backbone's input, and its channel count.
 INPUT_CHANNELS = {"rgb_normalized": 3, "lab_l": 1}
-#: The top-level keys of ``conf/evaluate.yaml``: anything else (``+task=...``) is a mistake, not a setting.
-CONFIG_KEYS = ("data", "eval", "pretrained", "checkpoint", "image_size", "device", "seed", "overwrite", "paths",
-               "hydra")
 #: The key results.json's recorded config gains: the checksum of the weights evaluated. A re-run after
 #: the pretrained run changed is then another config (refused, or replaced with overwrite=true), never
 #: skipped as if it had been evaluated already.
@@ -354,16 +351,14 @@ def compose_evaluate(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 def validate_evaluate_config(cfg: DictConfig) -> None:
     """The rules of :mod:`pretextlab.config` that apply (data.*, eval.*, seed, overwrite), plus this
     entry's own keys; ConfigError listing every problem (first line: the first problem)."""
-    from pretextlab.config import _check_rules, _output_problems
+    from pretextlab.config import _check_rules, _output_problems, _unknown_keys
 
     if OmegaConf.is_missing(cfg, "pretrained") or not str(cfg.get("pretrained") or "").strip():
         raise ConfigError("no pretrained backbone given: python -m pretextlab.evaluate <run dir | export dir> "
                           "[overrides] (or pretrained=<path>)")
-    unknown = [str(key) for key in cfg.keys() if key not in CONFIG_KEYS]
-    problems = [f"{key} is not a key of pretextlab.evaluate's config (it takes {', '.join(CONFIG_KEYS[:-1])}); "
-                f"drop it (training keys such as task, backbone and trainer belong to pretextlab.train)"
-                for key in unknown]
-    problems += _check_rules(cfg)
+    # Keys nothing reads: top-level ones evaluate.yaml does not have (+task=...: a training key), and keys
+    # of data/eval nodes their classes do not take.
+    problems = _unknown_keys(cfg, "evaluate") + _check_rules(cfg)
     size = cfg.get("image_size")
     if not (size == "auto" or (isinstance(size, int) and not isinstance(size, bool) and size >= 8)):
         problems.append(f"image_size={size!r} is not allowed: must be auto (the backbone's own size) or an integer >= 8")
@@ -591,9 +586,6 @@ _FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-d
 _INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 _NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
                  "--version"}
-#: Flags after which the command line is not composed from conf/evaluate.yaml as given.
-_OTHER_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                       "--experimental-rerun"}
 
 
 def _quote(value: str) -> str:
@@ -648,53 +640,13 @@ def hydra_arguments(argv: list[str]) -> list[str]:
     return out
 
 
-def check_overrides(arguments: list[str]) -> None:
-    """Compose ``conf/evaluate.yaml`` with the command line's overrides once, before Hydra runs.
-
-    A misspelt key (``data.sourse.root=...``) or option (``data=voc207``) would otherwise end in
-    Hydra's multi-line message and exit status 1; here it is a ConfigError (one line, exit 2).
-    A sweep's overrides are checked with their first value.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    flags, overrides, _ = _split_arguments(arguments)
-    if set(flags) & (_NO_RUN_FLAGS | _OTHER_CONFIG_FLAGS):
-        return  # help/info output, or another config than conf/evaluate.yaml: Hydra's own business
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as error:
-        raise ConfigError(f"cannot parse the command line: {_one_line(error)}") from error
-    first_values: list[str] = []
-    for override in parsed:
-        if not override.is_sweep_override():
-            if override.input_line is not None:  # always set for overrides parsed from text
-                first_values.append(override.input_line)
-            continue
-        try:
-            first = next(iter(override.sweep_string_iterator()))
-        except (HydraException, StopIteration):
-            continue  # an interval sweep has no first value: Hydra checks it when it runs
-        first_values.append(f"{override.get_key_element()}={first}")
-    try:
-        compose_evaluate(first_values)
-    except (HydraException, OmegaConfBaseException) as error:
-        message = re.sub(r"^In '[^']*': ", "", _first_line(error).rstrip("."))  # Hydra names its primary config
-        options = getattr(error, "options", None)  # a missing option (data=voc207): Hydra lists the others
-        if options:
-            raise ConfigError(f"{message}; choose one of {', '.join(options)}") from error
-        cause = error.__cause__
-        detail = f" ({_first_line(cause)})" if cause is not None and _first_line(cause) not in str(error) else ""
-        raise ConfigError(f"{message}{detail}; check its spelling (python -m pretextlab.evaluate <path> --cfg job "
-                          "prints every key)") from error
-
-
 def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
     from hydra.types import RunMode
+
+    from pretextlab.hydra_errors import run_hydra_app
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
     def main(cfg: DictConfig) -> float | None:
@@ -723,14 +675,14 @@ def _hydra_main() -> None:
         value = results.get("headline", {}).get("value")
         return float(value) if value is not None else None
 
-    main()
+    # A misspelt key or option (data.sourse.root=..., data=voc207): Hydra's composition error in one line.
+    run_hydra_app(main, hint=False)
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``python -m pretextlab.evaluate``: positional paths → ``pretrained=``, the overrides checked, then Hydra."""
+    """``python -m pretextlab.evaluate``: positional paths → ``pretrained=``, then Hydra."""
     try:
         arguments = hydra_arguments(list(sys.argv[1:] if argv is None else argv))
-        check_overrides(arguments)
     except ConfigError as error:
         print(f"pretextlab: error: {redact(_one_line(error))}", file=sys.stderr)
         sys.exit(2)
