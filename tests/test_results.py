@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -54,6 +55,32 @@ def test_missing_keys_and_a_newer_schema_are_refused():
 def test_a_failed_record_keeps_what_it_was_given():
     record = ResultsRecord.from_json({"status": "failed: seed=[1, 2] is not allowed", "task": "rotation", "seed": [1, 2]})
     assert not record.ok and record.seed == "[1, 2]" and record.task == "rotation"
+
+
+TRANSFER = {**GOOD, "kind": "transfer", "data": "voc2007", "seed": 0, "eval": {"voc07_svm": {"map": 0.4}},
+            "pretrained": {"path": "/runs/r", "task": "rotation", "backbone": "convnet", "data": "synthetic",
+                           "seed": 3},
+            "input": {"image_size": 32}}
+
+
+def test_an_evaluation_record_is_typed_by_its_kind():
+    """pretextlab.evaluate's records: ``kind`` says so, ``pretrained`` names the backbone evaluated."""
+    record = ResultsRecord.from_json(TRANSFER, "e/results.json")
+    assert record.transfer and record.kind == "transfer" and record.pretrained["seed"] == 3
+    assert not ResultsRecord.from_json(GOOD).transfer and ResultsRecord.from_json(GOOD).pretrained == {}
+    failed = ResultsRecord.from_json({"status": "failed: pretrained path /x does not exist", "kind": "transfer",
+                                      "pretrained": {"path": "/x"}})
+    assert failed.transfer and not failed.ok
+    for change, fragment in [
+        ({"kind": "evaluation"}, "kind='evaluation' must be absent (a pretraining job) or 'transfer'"),
+        ({"pretrained": None}, "kind 'transfer' but pretrained=null is not an object"),
+        ({"pretrained": {**TRANSFER["pretrained"], "path": ""}}, "pretrained.path='' must be a non-empty string"),
+        ({"pretrained": {**TRANSFER["pretrained"], "seed": "3"}}, "pretrained.seed='3' must be an integer or null"),
+        ({"pretrained": {**TRANSFER["pretrained"], "task": 5}}, "pretrained.task=5 must be a non-empty string"),
+        ({"input": [32]}, "input=[32] must be an object"),
+    ]:
+        with pytest.raises(ResultsError, match=re.escape(fragment)):
+            ResultsRecord.from_json({**TRANSFER, **change}, "e/results.json")
 
 
 def test_reading_files(tmp_path):

@@ -406,9 +406,9 @@ FREE_TOP_LEVEL_KEYS = frozenset({"extra", "hydra"})
 READ_BEFORE_BUILD = {"trainer": frozenset({"compile"})}
 
 
-def _known_top_level_keys() -> frozenset[str]:
-    """The groups of train.yaml's defaults list and its own keys."""
-    root = OmegaConf.load(config_dir() / "train.yaml")
+def _known_top_level_keys(config_name: str = "train") -> frozenset[str]:
+    """The groups of ``conf/<config_name>.yaml``'s defaults list and its own keys."""
+    root = OmegaConf.load(config_dir() / f"{config_name}.yaml")
     assert isinstance(root, DictConfig)
     groups = set()
     for entry in root.get("defaults", []):
@@ -439,14 +439,15 @@ def _accepted_arguments(target: Any) -> set[str] | None:
     return None
 
 
-def _unknown_keys(cfg: DictConfig) -> list[str]:
-    """Keys nothing reads: a mistyped or ``+``-added top-level key, or a key of an instantiated node
-    (``_target_``) that its class or function does not take."""
+def _unknown_keys(cfg: DictConfig, config_name: str = "train") -> list[str]:
+    """Keys nothing reads: a mistyped or ``+``-added top-level key (of ``conf/<config_name>.yaml``: train's,
+    or evaluate's), or a key of an instantiated node (``_target_``) that its class or function does not take."""
     from hydra.utils import get_object
 
+    known = _known_top_level_keys(config_name)
     problems = [f"{key} is not a pretextlab setting (top-level keys: "
-                f"{', '.join(sorted(_known_top_level_keys() - {'hydra'}))}); remove it, or put notes under "
-                f"+extra.{key}=..." for key in map(str, cfg.keys()) if key not in _known_top_level_keys()]
+                f"{', '.join(sorted(known - {'hydra'}))}); remove it, or put notes under "
+                f"+extra.{key}=..." for key in map(str, cfg.keys()) if key not in known]
     for path, parent, key in _walk(cfg):
         node = parent._get_node(key)
         if not isinstance(node, DictConfig) or node._is_missing() or node._is_none() or "_target_" not in node:

@@ -131,14 +131,32 @@ def export_backbone(run_dir: str | Path, stage: str | None = None, output: str |
     ``forward`` gives that stage's pooled features. The default output is
     ``<run dir>/export/backbone.safetensors``; the JSON sits beside it with the suffix ``.json``.
     """
-    from safetensors.torch import save
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist")
     results = _read_results(run_dir)
     checkpoint_path = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(checkpoint_path, trust=trust_checkpoint)
+    _, blob, metadata = describe_run_backbone(run_dir, results, ckpt, checkpoint_path, stage)
+    weights_path = Path(output) if output else run_dir / "export" / WEIGHTS_NAME
+    if weights_path.suffix != ".safetensors":
+        weights_path = weights_path.with_suffix(weights_path.suffix + ".safetensors")
+    metadata["weights_file"] = weights_path.name
+    atomic_write_bytes(weights_path, blob)
+    atomic_write_json(_metadata_path(weights_path), redact(metadata))
+    return weights_path
+
+
+def describe_run_backbone(run_dir: Path, results: dict[str, Any], ckpt: dict[str, Any], checkpoint_path: Path,
+                          stage: str | None = None) -> tuple[Backbone, bytes, dict[str, Any]]:
+    """A run's backbone rebuilt from an already-read checkpoint: ``(backbone, safetensors bytes, description)``.
+
+    What :func:`export_backbone` writes, kept in memory (``pretextlab.evaluate`` evaluates a run this
+    way, so a run and its export carry the same description and weights checksum). The backbone is
+    whole, in eval mode; ``stage`` only shapes the description and the weights (as export cuts them).
+    ``weights_file`` is left None: the caller names the file, if it writes one.
+    """
+    from safetensors.torch import save
 
     build_kwargs = {k: v for k, v in results["config"]["backbone"].items() if not k.startswith("_")}
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items()
@@ -157,7 +175,7 @@ def export_backbone(run_dir: str | Path, stage: str | None = None, output: str |
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "build_config": dict(backbone.build_config),
-        "weights_file": None,  # filled below
+        "weights_file": None,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "stage": stage,
         "stage_names": list(backbone.stage_names[:stage_index]),
@@ -174,17 +192,12 @@ def export_backbone(run_dir: str | Path, stage: str | None = None, output: str |
         },
         "task": task_name,
         "data": results.get("data"),
+        "seed": results.get("seed"),
         "run_status": results.get("status"),
         "checkpoint": {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
         "pretextlab_version": _version(),
     }
-    weights_path = Path(output) if output else run_dir / "export" / WEIGHTS_NAME
-    if weights_path.suffix != ".safetensors":
-        weights_path = weights_path.with_suffix(weights_path.suffix + ".safetensors")
-    metadata["weights_file"] = weights_path.name
-    atomic_write_bytes(weights_path, blob)
-    atomic_write_json(_metadata_path(weights_path), redact(metadata))
-    return weights_path
+    return backbone.eval(), blob, metadata
 
 
 def _version() -> str:

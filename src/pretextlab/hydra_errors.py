@@ -60,8 +60,12 @@ def composition_message(error: BaseException) -> str:
     return message[:1].lower() + message[1:]
 
 
-def run_hydra_app(app: Callable[[], Any]) -> Any:
-    """Call a ``@hydra.main`` function; a config Hydra cannot compose ends in one line and exit 2."""
+def run_hydra_app(app: Callable[[], Any], hint: bool = True) -> Any:
+    """Call a ``@hydra.main`` function; a config Hydra cannot compose ends in one line and exit 2.
+
+    ``hint=False`` leaves out the second line (how to see the traceback): ``pretextlab.evaluate``
+    reports every error in exactly one line.
+    """
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing and exiting 1
     try:
         return app()
@@ -69,6 +73,7 @@ def run_hydra_app(app: Callable[[], Any]) -> Any:
         if os.environ.get("PRETEXTLAB_TRACEBACK"):
             raise
         print(f"pretextlab: error: {redact(composition_message(error))}", file=sys.stderr)
-        print("(fix the override on the command line; set PRETEXTLAB_TRACEBACK=1 to see the traceback)",
-              file=sys.stderr)
+        if hint:
+            print("(fix the override on the command line; set PRETEXTLAB_TRACEBACK=1 to see the traceback)",
+                  file=sys.stderr)
         sys.exit(2)

@@ -7,6 +7,11 @@ line of the error>"`` with whatever identity was known. :meth:`ResultsRecord.fro
 types and the keys a record of its status needs, and raises :class:`ResultsError` naming the file
 and the field otherwise, so that a damaged or hand-made file can never pass for a finished job.
 
+``pretextlab.evaluate`` writes the same record for a pretrained backbone evaluated on other data,
+marked ``"kind": "transfer"``; its ``pretrained`` object names the backbone evaluated (path, task,
+backbone, pretraining data, seed), and its ``task``/``backbone`` are that backbone's, ``data`` the
+evaluation data. Records without ``kind`` are pretraining jobs.
+
 ``schema_version`` (absent in files written before it existed: version 1) lets a reader refuse a
 record written by a newer pretextlab instead of misreading it.
 """
@@ -26,6 +31,8 @@ RESULTS_FILE = "results.json"
 NO_PRETRAINING_TASKS = ("none",)
 #: Keys an ``ok`` record must hold.
 REQUIRED_OK_KEYS = ("task", "backbone", "data", "seed", "eval")
+#: ``kind`` of a record written by ``pretextlab.evaluate`` (no ``kind``: a pretraining job).
+TRANSFER_KIND = "transfer"
 
 
 class ResultsError(ValueError):
@@ -64,12 +71,25 @@ class ResultsRecord:
     steps: int | None = None
     #: Images the job really pretrained on (``data.num_pretrain`` capped by the split); None if not recorded.
     pretrain_images: int | None = None
+    #: None for a pretraining job; :data:`TRANSFER_KIND` for an evaluation by ``pretextlab.evaluate``.
+    kind: str | None = None
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def transfer(self) -> bool:
+        """An evaluation of a pretrained backbone by ``pretextlab.evaluate`` (not a pretraining job)."""
+        return self.kind == TRANSFER_KIND
+
+    @property
+    def pretrained(self) -> dict[str, Any]:
+        """A transfer record's ``pretrained`` object (checked); empty for a pretraining job."""
+        value = self.raw.get("pretrained")
+        return dict(value) if self.transfer and isinstance(value, dict) else {}
 
     @property
     def untrained(self) -> bool:
@@ -143,6 +163,13 @@ class ResultsRecord:
         for key in ("config", "versions"):
             if payload.get(key) is not None and not isinstance(payload[key], dict):
                 wrong(key, "an object")
+        kind = payload.get("kind")
+        if kind is not None and kind != TRANSFER_KIND:
+            wrong("kind", f"absent (a pretraining job) or {TRANSFER_KIND!r} (an evaluation by pretextlab.evaluate)")
+        elif kind == TRANSFER_KIND:
+            problems += _pretrained_problems(payload.get("pretrained"), ok)
+            if payload.get("input") is not None and not isinstance(payload["input"], dict):
+                wrong("input", "an object (how the evaluation prepared its images)")
         chance = payload.get("chance_accuracy")
         if chance is not None and not (_is_number(chance) and (math.isnan(chance) or 0 <= chance <= 1)):
             wrong("chance_accuracy", "a number in [0, 1] or null")
@@ -158,10 +185,28 @@ class ResultsRecord:
             status=str(status), task=text("task"), backbone=text("backbone"), data=text("data"),
             seed=seed if seed is None or _is_int(seed) else text("seed"),
             schema_version=int(version), epochs=payload.get("epochs"), steps=payload.get("steps"),
-            pretrain_images=payload.get("pretrain_images"),
+            pretrain_images=payload.get("pretrain_images"), kind=kind,
             path=Path(path) if path is not None else None, raw=dict(payload))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object with the checked identity fields in their normalised form (for dict-based readers)."""
         return {**self.raw, "status": self.status, "task": self.task, "backbone": self.backbone, "data": self.data,
                 "seed": self.seed}
+
+
+def _pretrained_problems(pretrained: Any, ok: bool) -> list[str]:
+    """What is wrong with a transfer record's ``pretrained`` object (a failed job may know only its path)."""
+    if not isinstance(pretrained, dict):
+        return [f"kind 'transfer' but pretrained={_short(pretrained)} is not an object naming the evaluated backbone"]
+    problems = []
+    if not (isinstance(pretrained.get("path"), str) and pretrained["path"]):
+        problems.append(f"pretrained.path={_short(pretrained.get('path'))} must be a non-empty string")
+    if ok:
+        for key in ("task", "backbone", "data"):
+            value = pretrained.get(key)
+            if value is not None and not (isinstance(value, str) and value):
+                problems.append(f"pretrained.{key}={_short(value)} must be a non-empty string or null")
+        seed = pretrained.get("seed")
+        if seed is not None and not _is_int(seed):
+            problems.append(f"pretrained.seed={_short(seed)} must be an integer or null")
+    return problems

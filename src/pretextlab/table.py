@@ -6,7 +6,9 @@
 Collects every ``results.json`` below the given directories (a later directory overrides an earlier
 one for the same task, backbone, data and seed), averages seeds (mean ± std), orders rows from
 random init through the pretext tasks to supervised, and prints the Markdown table with a legend
-that names the protocol behind every column.
+that names the protocol behind every column. Results of ``python -m pretextlab.evaluate`` (a
+pretrained backbone evaluated on other data) become transfer columns of their pretraining rows
+(:mod:`pretextlab.table_transfer`).
 """
 
 from __future__ import annotations
@@ -739,13 +741,19 @@ def build_table(directories: list[Path], output_dir: Path | None = None, wandb: 
     """Write ``table.md``, ``table.csv`` and ``table.png`` into ``output_dir`` (default: the first
     directory) and return the Markdown. ``wandb={"project": ..., "group": ..., "entity": ...}`` also
     logs the table to a W&B summary run (offline without an API key; failures only warn)."""
+    from pretextlab.table_transfer import add_transfer_columns, split_transfer_records
+
     directories = [Path(d) for d in directories]
-    records = merge_results(collect_results(directories))
-    if not records:
+    # Evaluations by pretextlab.evaluate become transfer columns of their pretraining rows.
+    records, transfers = split_transfer_records(collect_results(directories))
+    records = merge_results(records)
+    if not records and not transfers:
         raise FileNotFoundError(f"no results.json found below {', '.join(map(str, directories))}")
     rows = build_rows(records)
-    columns = build_columns(rows)
+    rows, columns, transfer_notes = add_transfer_columns(rows, build_columns(rows), transfers)
     markdown = to_markdown(rows, columns, directories if len(directories) > 1 else None)
+    if transfer_notes:
+        markdown += "\nFailed evaluations (not in the table):\n\n" + "".join(f"- {n}\n" for n in transfer_notes)
     target = Path(output_dir) if output_dir is not None else directories[0]
     atomic_write_text(target / "table.md", markdown)
     atomic_write_text(target / "table.csv", to_csv(rows, columns))

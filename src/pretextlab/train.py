@@ -3,7 +3,8 @@
     python -m pretextlab.train task=rotation backbone=convnet data=synthetic
     python -m pretextlab.train -m task=none,rotation,supervised      # a sweep
 
-Nothing imports this module: it is the outermost layer.
+Nothing but the other entry point, pretextlab.evaluate (which shares its run bookkeeping), imports
+this module: it is the outermost layer.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pretextlab.data.sources import (
     TorchvisionSource,
 )
 from pretextlab.data.streaming_source import StreamingFolderSource, image_folder
+from pretextlab.data.voc import VOC2007Source
 
 __all__ = [
     "DataError",
@@ -21,5 +22,6 @@ __all__ = [
     "StreamingFolderSource",
     "SyntheticSource",
     "TorchvisionSource",
+    "VOC2007Source",
     "image_folder",
 ]

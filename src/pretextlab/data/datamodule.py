@@ -383,6 +383,8 @@ class PretextDataModule(L.LightningDataModule):
             from pretextlab.data.streaming import decode_on_device
 
             images = decode_on_device(images, self._train_crop, labels.device)
+        if labels.ndim > 1:  # multi-label targets (VOC): the online probe takes single labels; give it none
+            labels = labels.new_full((len(labels),), -1)
         return self.prepare_images(images, augment=training, padding_mode=self._task_padding_mode()), labels
 
     def _task_padding_mode(self) -> str:

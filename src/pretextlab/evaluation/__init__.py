@@ -5,7 +5,8 @@ Evaluation knows nothing of tasks: it sees an encoder that maps [0, 1] images to
 
 Protocols: :class:`LinearProbe` (``linear``), :class:`KNNProbe` (``knn``) work on features extracted
 once per run; :class:`FineTune` (``finetune``) trains a copy of the encoder itself;
-:class:`RotNetClassifiers` (``rotnet_cifar``) trains RotNet's CIFAR classifiers on frozen stage maps.
+:class:`RotNetClassifiers` (``rotnet_cifar``) trains RotNet's CIFAR classifiers on frozen stage maps;
+:class:`VOC07SVM` (``voc07_svm``) scores multi-label data with per-class linear SVMs (mAP).
 """
 
 from pretextlab.evaluation.extract import FeatureSet, extract_features, feature_fingerprint
@@ -15,6 +16,7 @@ from pretextlab.evaluation.linear import LinearProbe, train_linear_models
 from pretextlab.evaluation.rotnet import RotNetClassifiers
 from pretextlab.evaluation.runner import evaluate, resolve_stages
 from pretextlab.evaluation.splits import labelled_split, select_shots, stratified_split
+from pretextlab.evaluation.voc07 import VOC07SVM
 
 __all__ = [
     "FeatureSet",
@@ -22,6 +24,7 @@ __all__ = [
     "KNNProbe",
     "LinearProbe",
     "RotNetClassifiers",
+    "VOC07SVM",
     "evaluate",
     "extract_features",
     "feature_fingerprint",
