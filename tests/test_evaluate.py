@@ -9,6 +9,8 @@ states an image-size mismatch, fails in one line on bad input, shares train's ru
 
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 import shutil
@@ -219,6 +221,19 @@ def test_bad_input_fails_in_one_line_and_records_no_results(tmp_path):
         assert not (tmp_path / name.replace(" ", "-") / "results.json").exists(), name
 
 
+@pytest.fixture
+def logging_restored():
+    """Hydra, run in-process, points the loggers' handlers at this test's captured streams, which pytest
+    closes afterwards: later tests would then print "--- Logging error ---". Put them back."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 @pytest.mark.parametrize(("arguments", "expected"), [
     (["data=voc2007"], "no pretrained backbone given: python -m pretextlab.evaluate <run dir | export dir>"),
     (["some/run", "data.sourse.num_test=8"],
@@ -227,7 +242,7 @@ def test_bad_input_fails_in_one_line_and_records_no_results(tmp_path):
     (["-m", "some/run", "data=voc207,voc2007"], "could not find 'data/voc207'"),  # a sweep's job
 ])
 def test_the_command_line_is_checked_before_anything_runs_in_one_line(capsys, monkeypatch, tmp_path, arguments,
-                                                                       expected):
+                                                                       expected, logging_restored):
     """``cli`` (the module's entry point) refuses a command line without a backbone itself, and Hydra's
     composition errors come out as one line (pretextlab.hydra_errors) before any job runs."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # run_hydra_app sets it for this process
