@@ -285,6 +285,7 @@ def test_command_line_trains_on_a_streamed_folder_and_names_a_bad_root(tmp_path)
     assert (tmp_path / "run" / "csv").exists() or any((tmp_path / "run").rglob("metrics.csv"))
 
 
+@pytest.mark.slow  # a benchmark's smoke run (about 30 s): benchmarks stay out of the suite's time
 def test_loader_benchmark_runs_on_a_tiny_folder(tmp_path):
     figures = tmp_path / "figures.json"
     done = subprocess.run([sys.executable, "benchmarks/bench_loader.py", "--images", "24", "--width", "250",
