@@ -38,24 +38,13 @@ from pretextlab.export import ExportError, export_backbone
 from pretextlab.rundir import ExistingResultsError, JobHeldError, JobLock
 from pretextlab.table import build_table
 from pretextlab.train import run as train_run
-from tests.conftest import compose_config
-from tests.voc_tree import write_voc_tree
+from tests.conftest import FAST_RUN, compose_config
+from tests.voc_tree import _private_cache, voc_root  # noqa: F401 (fixtures)
 
 ROOT = project_root()
 #: Pretraining in a few seconds: 2 steps, then a one-lr linear probe (the number evaluate must reproduce).
-PRETRAIN = [
-    "data.source.num_train=128",
-    "data.source.num_test=64",
-    "data.batch_size=64",
-    "data.eval_batch_size=64",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "task.panel_images=0",
-    "logger=none",
-    "eval.protocols.linear.epochs=2",
-    "eval.protocols.linear.lrs=[0.05]",
-    "eval.protocols.linear.weight_decays=[0.0]",
-]
+PRETRAIN = [o for o in FAST_RUN if o not in ("task=rotation", "eval=none", "trainer.log_every_n_steps=1")] + [
+    "eval.protocols.linear.epochs=2"]
 #: The same data and probe, as evaluate overrides.
 SAME_EVAL = [o for o in PRETRAIN if o.startswith(("data.source.", "data.eval_batch_size", "eval."))]
 #: The VOC07 SVMs on the last stage with two costs: a second or two on the tiny tree.
@@ -79,16 +68,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     made["export"] = made["rotation"] / "export"
     made["sweep"] = base / "sweep"
     return made
-
-
-@pytest.fixture(scope="module")
-def voc_root(tmp_path_factory) -> Path:
-    return write_voc_tree(tmp_path_factory.mktemp("voc"))
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("PRETEXTLAB_CACHE", str(tmp_path / "cache"))
 
 
 def _evaluate(pretrained: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:

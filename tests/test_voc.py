@@ -14,21 +14,11 @@ from pretextlab.data.sources import DataError
 from pretextlab.data.voc import VOC_CLASSES, VOC2007Source
 from pretextlab.evaluation.extract import FeatureSet
 from pretextlab.evaluation.voc07 import VOC07SVM, ap_sklearn, ap_voc, ap_voc07_11point, multilabel_targets
-from tests.voc_tree import TEST, TRAINVAL, expected_targets, write_voc_tree
+from tests.voc_tree import TEST, TRAINVAL, _private_cache, expected_targets, voc_root, write_voc_tree  # noqa: F401 (fixtures)
 
 OFFICIAL_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                     "tvmonitor"]
-
-
-@pytest.fixture(scope="module")
-def voc_root(tmp_path_factory) -> Path:
-    return write_voc_tree(tmp_path_factory.mktemp("voc"))
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("PRETEXTLAB_CACHE", str(tmp_path / "cache"))
 
 
 # -- the source ----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pretextlab.data.voc import VOC_CLASSES
@@ -94,3 +95,15 @@ def expected_targets(split: str) -> np.ndarray:
                         e == image_id and n == name and not d for e, n, d in EXTRA_OBJECTS):
                     targets[index, c] = -1
     return targets
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny VOC tree, written once per test module."""
+    return write_voc_tree(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feature caches in the test's own folder (an autouse fixture of the modules that import it)."""
+    monkeypatch.setenv("PRETEXTLAB_CACHE", str(tmp_path / "cache"))
