@@ -238,7 +238,7 @@ class PretextDataModule(L.LightningDataModule):
         if not self.streaming:
             images = self.split(name).images
             return images[torch.linspace(0, len(images) - 1, min(count, len(images))).round().long()]
-        listing = self._streamed(name).listing  # type: ignore[attr-defined]
+        listing = self._listing(name)
         picks = torch.linspace(0, len(listing) - 1, min(count, len(listing))).round().long()
         dataset = self.source.dataset("train", listing.subset(picks.numpy()))  # type: ignore[attr-defined]
         options = {**self._loader_options(), "persistent_workers": False, "pin_memory": False}
@@ -335,17 +335,21 @@ class PretextDataModule(L.LightningDataModule):
         if use == "pretrain":
             device = self.trainer.strategy.root_device if self.trainer is not None else None
             self._gpu_decode = gpu_decode_available(self.source.decode_device == "cuda", device)  # type: ignore[attr-defined]
+        dataset = self.source.dataset(use, self._listing(use), flip=self.horizontal_flip,  # type: ignore[attr-defined]
+                                      encoded=self._gpu_decode)
+        if use == "pretrain":
+            self._train_crop = dataset.crop
+        return dataset
+
+    def _listing(self, use: str) -> Any:
+        """The files a streamed split reads: for pretraining, the ``num_pretrain`` subset."""
         listing = self.source.listing(use)  # type: ignore[attr-defined]
         if use == "pretrain" and self.num_pretrain is not None and self.num_pretrain < len(listing):
             # The same fixed, seed-dependent subset rule as the in-memory splits.
             generator = torch.Generator().manual_seed(self.seed)
             listing = listing.subset(torch.randperm(len(listing), generator=generator)[: self.num_pretrain]
                                      .sort().values.numpy())
-        dataset = self.source.dataset(use, listing, flip=self.horizontal_flip,  # type: ignore[attr-defined]
-                                      encoded=self._gpu_decode)
-        if use == "pretrain":
-            self._train_crop = dataset.crop
-        return dataset
+        return listing
 
     def eval_dataloader(self, split: str, world_size: int = 1, rank: int = 0) -> DataLoader:
         """Plain (unaugmented, unshuffled) uint8 batches of a split, for feature extraction.

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretextlab.data.imagefolder import BAD_IMAGE_POLICIES
 from pretextlab.data.sources import DataError, DataSource, Split, SplitName, _cache_dir
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class VOC2007Source(DataSource):
     ) -> None:
         if resize not in RESIZE_MODES:
             raise DataError(f"data.source.resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
-        if on_bad_image not in ("skip", "fail"):
+        if on_bad_image not in BAD_IMAGE_POLICIES:
             raise DataError(f"data.source.on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
         self.root = Path(root).expanduser()
         self.image_size = int(image_size)
