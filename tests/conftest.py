@@ -14,6 +14,11 @@ from omegaconf import DictConfig, open_dict
 from pretextlab.backbones.base import Backbone
 from pretextlab.config import compose_train
 
+#: The checkout the tests run from, and its own presets (``conf/``: data beside the repository), which
+#: the repository's scripts add to Hydra's search path as the tests do here.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_CONF = REPO_ROOT / "conf"
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -55,10 +60,10 @@ TINY_LINEAR = [
 
 def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None,
                    tiny: bool = True) -> DictConfig:
-    """Compose ``conf/train.yaml`` as the command line would, with TINY settings first."""
-    cfg = compose_train((TINY if tiny else []) + list(overrides or []))
+    """Compose the packaged ``train.yaml`` (+ the repository presets) as the command line would, with TINY settings first."""
+    cfg = compose_train((TINY if tiny else []) + list(overrides or []), config_dirs=[REPO_CONF])
     if tiny and "linear" in (cfg.eval.protocols or {}):
-        cfg = compose_train(TINY + TINY_LINEAR + list(overrides or []))
+        cfg = compose_train(TINY + TINY_LINEAR + list(overrides or []), config_dirs=[REPO_CONF])
     if run_dir is not None:
         with open_dict(cfg):
             cfg.paths.run_dir = str(run_dir)

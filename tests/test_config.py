@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from pretextlab.config import config_dir
+from pretextlab.paths import config_dir
 from tests.conftest import compose_config
 
 GROUPS = ["task", "backbone", "data", "trainer", "logger", "eval", "experiment"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pretextlab.config import project_root
+from tests.conftest import REPO_ROOT
 from pretextlab.loggers import CSVLogger
 from tests.conftest import FAST_RUN
 
@@ -44,7 +44,7 @@ def test_ddp_cpu_with_the_default_csv_logger_exits_0_and_writes_every_row(tmp_pa
     # The default logger (csv): FAST_RUN turns it off, so it is put back last.
     env = {k: v for k, v in os.environ.items() if k != "PRETEXTLAB_TRACEBACK"}
     done = subprocess.run([sys.executable, "-m", "pretextlab.train", *FAST_RUN, "trainer=ddp_cpu", "data.batch_size=32",
-                           "logger=csv", f"hydra.run.dir={run_dir}"], cwd=project_root(), env=env,
+                           "logger=csv", f"hydra.run.dir={run_dir}"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=360, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(run_dir / "csv" / "metrics.csv")

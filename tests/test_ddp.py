@@ -19,12 +19,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
-from pretextlab.config import compose_train, project_root
+from pretextlab.config import compose_train
+from tests.conftest import REPO_ROOT
 from pretextlab.data.datamodule import GlobalBatchSampler
 from pretextlab.distributed import STORE_ENV, raise_if_another_rank_failed, uses_extra_processes
 from pretextlab.train import resolved_config, run
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 
 # Augmentation off so that both runs see bit-identical inputs; everything else is the real config.
 SAME_INPUTS = ["data.crop_padding=0", "data.horizontal_flip=false",

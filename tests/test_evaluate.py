@@ -24,7 +24,8 @@ import torch
 from omegaconf import open_dict
 
 from pretextlab.checkpoints import CheckpointError, read_checkpoint
-from pretextlab.config import ConfigError, project_root
+from pretextlab.config import ConfigError
+from tests.conftest import REPO_ROOT
 from pretextlab.evaluate import (
     InputPreparation,
     cli,
@@ -41,7 +42,7 @@ from pretextlab.train import run as train_run
 from tests.conftest import FAST_RUN, compose_config
 from tests.voc_tree import _private_cache, voc_root  # noqa: F401 (fixtures)
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 #: Pretraining in a few seconds: 2 steps, then a one-lr linear probe (the number evaluate must reproduce).
 PRETRAIN = [o for o in FAST_RUN if o not in ("task=rotation", "eval=none", "trainer.log_every_n_steps=1")] + [
     "eval.protocols.linear.epochs=2"]

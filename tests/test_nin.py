@@ -9,7 +9,7 @@ import torch
 
 from pretextlab.backbones import build_backbone
 from pretextlab.backbones.nin import NIN
-from pretextlab.config import config_dir
+from pretextlab.paths import config_dir
 from pretextlab.table import build_table
 
 from tests.conftest import compose_config

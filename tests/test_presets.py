@@ -9,7 +9,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from pretextlab.config import config_dir, project_root, validate_config
+from pretextlab.config import validate_config
+from pretextlab.paths import config_dir
+from tests.conftest import REPO_ROOT
 
 from tests.conftest import compose_config
 
@@ -40,7 +42,7 @@ def test_every_row_of_every_preset_passes_validation(preset, task, backbone, tmp
 def test_cpu_preset_is_the_small_convnet_on_a_cifar10_subset(tmp_path):
     cfg = _preset("table_cifar10_cpu", "rotation", None, tmp_path)
     assert (cfg.data.name, cfg.data.source.image_size) == ("cifar10_jpeg", 32)
-    assert Path(cfg.data.source.root) == project_root() / ".." / "shared" / "datasets" / "cifar10"
+    assert Path(cfg.data.source.root) == REPO_ROOT / ".." / "shared" / "datasets" / "cifar10"
     assert (cfg.backbone.name, cfg.backbone.width, cfg.backbone.num_blocks) == ("convnet", 16, 4)
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
     assert cfg.data.num_pretrain == 10_000 and cfg.data.on_device is False

@@ -17,7 +17,8 @@ import torch
 from omegaconf import open_dict
 
 from pretextlab.checkpoints import CheckpointError, read_checkpoint
-from pretextlab.config import ConfigError, project_root
+from pretextlab.config import ConfigError
+from tests.conftest import REPO_ROOT
 from pretextlab.train import run
 from tests.conftest import FAST_RUN, compose_config
 
@@ -158,7 +159,7 @@ def test_resume_from_a_directory_or_a_file_that_is_not_a_checkpoint_is_one_line(
     # Both commands at once: the interpreter start-up dominates their time.
     processes = {name: subprocess.Popen(
         [sys.executable, "-m", "pretextlab.train", *FAST_RUN, f"resume={path}", f"hydra.run.dir={tmp_path / name}"],
-        cwd=project_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, (path, _) in cases.items()}
     for name, process in processes.items():
         _, err = process.communicate(timeout=300)

@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from pretextlab.checkpoints import read_checkpoint
-from pretextlab.config import project_root
+from tests.conftest import REPO_ROOT
 from pretextlab.export import export_backbone
 from pretextlab.rundir import LOCK_FILE, JobHeldError, JobLock, summary_line, NotRun
 from pretextlab.train import run
 from tests.conftest import FAST_RUN
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 
 
 def _fast(make_config, overrides=(), run_dir: Path | None = None):

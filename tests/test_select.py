@@ -8,7 +8,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from pretextlab.config import config_dir
+from pretextlab.paths import config_dir
+from tests.conftest import REPO_CONF
 from pretextlab.data.sources import DataSource, Split, SplitName
 from pretextlab.select import (
     Candidate,
@@ -57,14 +58,15 @@ def test_every_task_gets_the_same_budget() -> None:
 
 def test_candidate_config_swaps_test_for_a_holdout_and_probes_linear_only(tmp_path: Path) -> None:
     cfg = candidate_config(["experiment=table_cifar10_cpu", "task=jigsaw"],
-                           Candidate("grid3-e10", ["task.grid=3", "task.num_permutations=100"], 10), tmp_path, 0.1)
+                           Candidate("grid3-e10", ["task.grid=3", "task.num_permutations=100"], 10), tmp_path, 0.1,
+                           [REPO_CONF])
     assert cfg.data.source._target_ == "pretextlab.select.HoldoutSource"
     assert cfg.data.source.base._target_ == "pretextlab.data.image_folder"  # in memory or streamed, as configured
     assert list(cfg.eval.protocols) == ["linear"] and cfg.eval.headline == "linear/val_top1"
     assert (cfg.task.grid, cfg.trainer.max_epochs, cfg.data.num_pretrain) == (3, 10, 10_000)
     # The old per-task record of the preset does not leak into a candidate.
     colorization = candidate_config(["experiment=table_cifar10_cpu", "task=colorization"],
-                                    Candidate("x", [], 10), tmp_path, 0.1)
+                                    Candidate("x", [], 10), tmp_path, 0.1, [REPO_CONF])
     assert colorization.trainer.max_epochs == 10
     source = instantiate(candidate_config(["task=rotation"], Candidate("x", [], 1), tmp_path, 0.1).data).source
     assert isinstance(source, HoldoutSource)
@@ -82,7 +84,8 @@ def test_the_record_holds_validation_figures_only() -> None:
 
 
 def test_every_preset_record_names_its_validation_figures() -> None:
-    for path in sorted((config_dir() / "experiment_task").glob("table_cifar10_cpu_*.yaml")):
+    records = [*(config_dir() / "experiment_task").glob("*.yaml"), *(REPO_CONF / "experiment_task").glob("*.yaml")]
+    for path in sorted(p for p in records if p.name.startswith("table_cifar10_cpu_")):
         text = path.read_text().lower()
         assert "validation" in text and "chosen on validation only" in text, path
         assert "test" not in text.replace("the test split was never loaded", ""), path

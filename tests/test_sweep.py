@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pretextlab.config import project_root
+from tests.conftest import REPO_ROOT
 from tests.conftest import FAST_RUN
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 #: Every job in a few seconds: 4 steps of 32 images, a 2-epoch one-lr linear probe, no logger.
 TINY_JOB = [
     "data.source.num_train=128",

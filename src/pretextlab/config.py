@@ -1,4 +1,4 @@
-"""Config-time helpers: the project-root resolver, validation of composed configs, secret redaction.
+"""Config-time helpers: composing the packaged configs, validation of composed configs, secret redaction.
 
 Validation runs right after composition, before anything is built or written. It has two parts:
 
@@ -19,13 +19,15 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from pretextlab.paths import config_dir, searchpath_override
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
 #: Largest seed numpy's (and so Lightning's ``seed_everything``) generator accepts; the smallest is 0.
@@ -50,40 +52,19 @@ class ConfigError(ValueError):
         super().__init__(message)
 
 
-def project_root() -> Path:
-    """The folder holding ``conf/`` and ``pyproject.toml`` (``PRETEXTLAB_ROOT`` overrides it)."""
-    env = os.environ.get("PRETEXTLAB_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "conf" / "train.yaml").exists() and (parent / "pyproject.toml").exists():
-            return parent
-    return Path.cwd().resolve()
-
-
-def config_dir() -> Path:
-    return project_root() / "conf"
-
-
-def compose_train(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False) -> DictConfig:
-    """``conf/train.yaml`` composed with ``overrides`` as the command line would (Hydra's compose
-    API), outside a Hydra app: for tests, benchmarks and notebooks. Clears any Hydra instance first.
+def compose_train(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False,
+                  config_dirs: Sequence[str | Path] = ()) -> DictConfig:
+    """The packaged ``train.yaml`` composed with ``overrides`` as the command line would (Hydra's
+    compose API), outside a Hydra app: for tests, benchmarks and notebooks. ``config_dirs`` join the
+    search path (as ``--config-dir`` does on the command line). Clears any Hydra instance first.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
-
-
-register_resolvers()
+        return compose(config_name="train", overrides=[*searchpath_override(config_dirs), *overrides],
+                       return_hydra_config=return_hydra_config)
 
 
 # -- secrets ------------------------------------------------------------------------------------

@@ -51,10 +51,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pretextlab.config import ConfigError, config_dir, redact
+from pretextlab.config import ConfigError, redact
 from pretextlab.export import DEFAULT_INPUT_KIND, INPUT_KINDS, ExportError
-from pretextlab.results import SCHEMA_VERSION, TRANSFER_KIND, ResultsError, ResultsRecord
-from pretextlab.rundir import RESULTS_FILE, JobNotRunError, open_run_dir
+from pretextlab.paths import config_dir
+from pretextlab.provenance import provenance
+from pretextlab.results import SCHEMA_VERSION, TRANSFER_KIND, ResultsError, ResultsRecord, lookup_metric
+from pretextlab.rundir import RESULTS_FILE, JobNotRunError, open_run_dir, resolved_config
 
 # pretextlab.checkpoints and pretextlab.train (Lightning) are imported where they are used: a command
 # line refused before any checkpoint is read answers in the time Python and torch take to start.
@@ -463,7 +465,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate_evaluate_config(cfg)
     started = time.perf_counter()
     pretrained = load_pretrained(str(cfg.pretrained), cfg.get("checkpoint"))
-    from pretextlab.train import resolved_config  # Lightning loads only once there is a backbone to evaluate
 
     _, chosen_by = _evaluation_size(cfg, pretrained)
     run_dir = Path(cfg.paths.run_dir)
@@ -483,7 +484,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any], pretrained:
     from pretextlab.evaluation.runner import evaluate, stage_pooling
     from pretextlab.io import atomic_write_json
     from pretextlab.tasks.base import EvaluationEncoder
-    from pretextlab.train import _lookup, _provenance
 
     log.info("evaluating %s in %s (pid %d)", pretrained.info["path"], run_dir, os.getpid())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -527,9 +527,9 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any], pretrained:
     results["eval"] = evaluate(encoder, datamodule, protocols, cfg.eval.stages, pooling, device, cache_dir=run_dir,
                                recalibrate_bn=recalibrate, bn_images=int(cfg.eval.get("bn_images", 10_000)))
     headline_key = str(cfg.eval.headline)
-    results["headline"] = {"metric": headline_key, "value": _lookup(results["eval"], headline_key)}
+    results["headline"] = {"metric": headline_key, "value": lookup_metric(results["eval"], headline_key)}
     results["wall_time"] = {"eval": time.perf_counter() - eval_start, "total": time.perf_counter() - started}
-    results.update(_provenance())
+    results.update(provenance())
     results["config"] = config
     results["status"] = "ok"
     atomic_write_json(run_dir / RESULTS_FILE, redact(results))

@@ -210,3 +210,13 @@ def _pretrained_problems(pretrained: Any, ok: bool) -> list[str]:
         if seed is not None and not _is_int(seed):
             problems.append(f"pretrained.seed={_short(seed)} must be an integer or null")
     return problems
+
+
+def lookup_metric(tree: dict[str, Any], dotted: str) -> float | None:
+    """The number at ``dotted`` (``linear/top1``) in a nested results tree, or None."""
+    node: Any = tree
+    for part in dotted.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) else None

@@ -43,6 +43,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pretextlab.config import scrub
 from pretextlab.io import atomic_write_text
 
 log = logging.getLogger("pretextlab.train")
@@ -299,3 +300,15 @@ class SweepOutcome(Callback):
         print(f"pretextlab: error: {summary_line(entries)}", file=sys.stderr)
         sys.stderr.flush()
         sys.exit(2)
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The experiment's config, resolved, without Hydra's node, paths and run-control keys, scrubbed."""
+    # Resolved key by key: Hydra's own node may hold values that only exist inside a Hydra job.
+    plain: dict[str, Any] = {}
+    for key in cfg.keys():
+        if key in RUN_CONTROL_KEYS:
+            continue
+        value = cfg[key]
+        plain[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return scrub(plain)

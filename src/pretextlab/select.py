@@ -1,9 +1,9 @@
 """Choose a table row's settings on validation only, with the same search budget for every row.
 
-    python -m pretextlab.select experiment=table_cifar10_cpu task=jigsaw [hydra overrides]
-    python -m pretextlab.select task=jigsaw --epochs 2 --write     # scaled-down search, writes the record
+    pretextlab select --config-dir conf experiment=table_cifar10_cpu task=jigsaw [hydra overrides]
+    pretextlab select --config-dir conf experiment=table_cifar10_cpu task=jigsaw --epochs 2 --write
 
-For the task's variants (``conf/select/spaces.yaml``: two per task) × epoch multipliers (the same
+For the task's variants (``select/spaces.yaml``: two per task) × epoch multipliers (the same
 for every task, so every row gets the same budget of pretraining epochs), one run is pretrained
 and probed per candidate. The score is the linear probe's **validation** top-1 (its best stage,
 lr and weight decay are themselves chosen on a split carved from train). The test split is never
@@ -11,7 +11,7 @@ loaded: every candidate's data source is a :class:`HoldoutSource`, whose "test" 
 stratified held-out part of train, so even the probe's final score here is a validation figure.
 
 The candidates and their figures go to ``<out>/<task>/selection.json``; ``--write`` also writes
-``conf/experiment_task/<experiment>_<task>.yaml`` (the chosen overrides as keys, the command,
+``<config dir>/experiment_task/<experiment>_<task>.yaml`` (the chosen overrides as keys, the command,
 budget and every candidate's validation figures as comments). Test is scored once, afterwards,
 by the ordinary table run with that preset.
 """
@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pretextlab.config import compose_train, config_dir
+from pretextlab.config import compose_train
+from pretextlab.paths import config_dir
 from pretextlab.data.sources import DataSource, Split, SplitName
 from pretextlab.evaluation.splits import stratified_split
 from pretextlab.io import atomic_write_json
@@ -88,22 +90,28 @@ class Candidate:
     epochs: int
 
 
-def load_space(task: str) -> tuple[dict[str, list[str]], list[float]]:
-    """The task's variants and the shared epoch multipliers from ``conf/select/spaces.yaml``."""
+def load_space(task: str, config_dirs: Sequence[Path] = ()) -> tuple[dict[str, list[str]], list[float]]:
+    """The task's variants and the shared epoch multipliers from ``select/spaces.yaml``: the packaged
+    file merged with the same file of each user config folder (theirs win), so a user's own task can
+    bring its space while the epoch multipliers stay the packaged ones unless a folder changes them."""
     spaces = OmegaConf.load(config_dir() / SPACES_FILE)
+    for folder in config_dirs:
+        if (Path(folder) / SPACES_FILE).is_file():
+            spaces = OmegaConf.merge(spaces, OmegaConf.load(Path(folder) / SPACES_FILE))
     variants = spaces.variants.get(task)
     if variants is None:
-        raise SelectError(f"task={task} has no search space in conf/{SPACES_FILE}; tasks with one: "
-                          f"{sorted(spaces.variants)}")
+        raise SelectError(f"task={task} has no search space in {SPACES_FILE}; tasks with one: "
+                          f"{sorted(spaces.variants)} (a config folder of yours given with --config-dir may "
+                          f"add one under variants.{task})")
     plain = {str(k): [str(o) for o in v] for k, v in variants.items()}
     return plain, [float(f) for f in spaces.epoch_factors]
 
 
-def candidates(task: str, base_epochs: int) -> list[Candidate]:
+def candidates(task: str, base_epochs: int, config_dirs: Sequence[Path] = ()) -> list[Candidate]:
     """Every (variant, epochs) pair of the task's space, in a fixed order."""
     if base_epochs < 1:
         raise SelectError(f"the preset trains {base_epochs} epochs; selection needs trainer.max_epochs >= 1")
-    variants, factors = load_space(task)
+    variants, factors = load_space(task, config_dirs)
     out = []
     for name, overrides in variants.items():
         for factor in factors:
@@ -116,26 +124,28 @@ def candidates(task: str, base_epochs: int) -> list[Candidate]:
 WITHOUT_RECORD = "~experiment_task"
 
 
-def compose_without_record(overrides: list[str]) -> DictConfig:
+def compose_without_record(overrides: list[str], config_dirs: Sequence[Path] = ()) -> DictConfig:
     """Compose without the preset's per-task record, when there is one (Hydra refuses to drop a missing one)."""
     from hydra.errors import ConfigCompositionException
 
     plain = [o for o in overrides if o != WITHOUT_RECORD]
     try:
-        return compose_train([*plain, WITHOUT_RECORD])
+        return compose_train([*plain, WITHOUT_RECORD], config_dirs=config_dirs)
     except ConfigCompositionException as error:
         if "experiment_task" not in str(error):
             raise
-        return compose_train(plain)
+        return compose_train(plain, config_dirs=config_dirs)
 
 
 def experiment_name(overrides: list[str]) -> str | None:
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), None)
 
 
-def candidate_config(overrides: list[str], candidate: Candidate, run_dir: Path, holdout: float) -> DictConfig:
+def candidate_config(overrides: list[str], candidate: Candidate, run_dir: Path, holdout: float,
+                     config_dirs: Sequence[Path] = ()) -> DictConfig:
     """The composed config of one candidate: linear probe only, test swapped for a held-out part of train."""
-    cfg = compose_without_record([*overrides, *candidate.overrides, f"trainer.max_epochs={candidate.epochs}"])
+    cfg = compose_without_record([*overrides, *candidate.overrides, f"trainer.max_epochs={candidate.epochs}"],
+                                 config_dirs)
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)
         protocols = cfg.eval.protocols or {}
@@ -162,18 +172,18 @@ def score(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_selection(overrides: list[str], out: Path, holdout: float = 0.1,
-                  epochs: int | None = None) -> dict[str, Any]:
+                  epochs: int | None = None, config_dirs: Sequence[Path] = ()) -> dict[str, Any]:
     """Pretrain and probe every candidate; returns the selection record (also saved as JSON)."""
     from pretextlab.train import run
 
-    base = compose_without_record(overrides)
+    base = compose_without_record(overrides, config_dirs)
     task = str(base.task.name)
     base_epochs = int(epochs if epochs is not None else base.trainer.max_epochs)
     folder = out / task
     entries = []
     started = time.perf_counter()
-    for candidate in candidates(task, base_epochs):
-        cfg = candidate_config(overrides, candidate, folder / candidate.name, holdout)
+    for candidate in candidates(task, base_epochs, config_dirs):
+        cfg = candidate_config(overrides, candidate, folder / candidate.name, holdout, config_dirs)
         results = run(cfg)
         if results.get("status") != "ok":
             raise SelectError(f"candidate {candidate.name} failed: {results.get('status')}")
@@ -221,30 +231,40 @@ def experiment_task_yaml(record: dict[str, Any], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretextlab.select", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pretextlab select", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (experiment=..., task=..., ...)")
     parser.add_argument("--out", type=Path, default=Path("outputs/select"), help="where candidate runs go")
     parser.add_argument("--holdout", type=float, default=0.1, help="share of train standing in for test")
     parser.add_argument("--epochs", type=int, default=None,
                         help="base epochs the multipliers apply to (default: the preset's trainer.max_epochs)")
+    parser.add_argument("--config-dir", "-cd", dest="config_dirs", type=Path, action="append", default=[],
+                        help="a config folder of yours joining the search path (repeatable); --write writes "
+                             "into the first")
     parser.add_argument("--write", action="store_true",
-                        help="write conf/experiment_task/<experiment>_<task>.yaml with the choice")
+                        help="write <first --config-dir>/experiment_task/<experiment>_<task>.yaml with the choice")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[select] %(message)s")
     try:
-        record = run_selection(list(args.overrides), args.out, args.holdout, args.epochs)
+        missing = [str(folder) for folder in args.config_dirs if not folder.is_dir()]
+        if missing:
+            raise SelectError(f"--config-dir {missing[0]} is not a folder")
+        if args.write and not args.config_dirs:
+            raise SelectError("--write needs --config-dir <your config folder>: the packaged configs are not "
+                              "written to (this repository's presets: --config-dir conf)")
+        record = run_selection(list(args.overrides), args.out, args.holdout, args.epochs, args.config_dirs)
     except (ValueError, FileNotFoundError) as error:
         print(f"pretextlab: error: {error}", file=sys.stderr)
         return 2
-    command = "python -m pretextlab.select " + " ".join([*args.overrides, *([f"--epochs {args.epochs}"]
-                                                                           if args.epochs else [])])
+    command = "pretextlab select " + " ".join([*(f"--config-dir {folder}" for folder in args.config_dirs),
+                                                *args.overrides, *([f"--epochs {args.epochs}"] if args.epochs else [])])
     text = experiment_task_yaml(record, command)
     print(text)
     if args.write:
         if not record["experiment"]:
             print("pretextlab: error: --write needs experiment=<preset>", file=sys.stderr)
             return 2
-        path = config_dir() / "experiment_task" / f"{record['experiment']}_{record['task']}.yaml"
+        path = args.config_dirs[0] / "experiment_task" / f"{record['experiment']}_{record['task']}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}", file=sys.stderr)
     print(json.dumps({"chosen": record["chosen"], "chosen_overrides": record["chosen_overrides"]}))

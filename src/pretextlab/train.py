@@ -13,8 +13,6 @@ import json
 import logging
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -30,44 +28,25 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import pretextlab
 from pretextlab import distributed
-from pretextlab.hydra_errors import run_hydra_app
 from pretextlab.backbones.base import Backbone
 from pretextlab.checkpoints import AtomicCheckpointIO, resume_plan
-from pretextlab.config import ConfigError, config_dir, project_root, redact, scrub, validate_config
+from pretextlab.config import ConfigError, redact, scrub, validate_config
+from pretextlab.paths import config_dir
+from pretextlab.provenance import provenance
 from pretextlab.evaluation.runner import evaluate, stage_pooling
 from pretextlab.io import atomic_write_json
 from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
-from pretextlab.rundir import (RESULTS_FILE, RUN_CONTROL_KEYS, ExistingResultsError, JobNotRunError, global_rank,
-                               open_run_dir, write_hydra_record)
+from pretextlab.rundir import (RESULTS_FILE, ExistingResultsError, JobNotRunError, global_rank, open_run_dir,
+                               resolved_config, write_hydra_record)
+from pretextlab.hydra_errors import run_hydra_app
 from pretextlab.results import SCHEMA_VERSION as RESULTS_SCHEMA_VERSION
+from pretextlab.results import lookup_metric
 from pretextlab.tasks.base import NonFiniteLossError
 
 log = logging.getLogger("pretextlab.train")
 
 __all__ = ["ExistingResultsError", "RESULTS_FILE", "main", "resolved_config", "run"]
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
-                             timeout=5, check=False)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The experiment's config, resolved, without Hydra's node, paths and run-control keys, scrubbed."""
-    # Resolved key by key: Hydra's own node may hold values that only exist inside a Hydra job.
-    plain: dict[str, Any] = {}
-    for key in cfg.keys():
-        if key in RUN_CONTROL_KEYS:
-            continue
-        value = cfg[key]
-        plain[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    return scrub(plain)
 
 
 def _metric_values(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -170,10 +149,10 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str
                                    bn_images=int(cfg.eval.get("bn_images", 10_000)))
     eval_seconds = time.perf_counter() - eval_start
     headline_key = str(cfg.eval.headline)
-    results["headline"] = {"metric": headline_key, "value": _lookup(results.get("eval", {}), headline_key)}
+    results["headline"] = {"metric": headline_key, "value": lookup_metric(results.get("eval", {}), headline_key)}
     results["wall_time"] = {"pretrain": pretrain_seconds, "eval": eval_seconds,
                             "total": time.perf_counter() - started}
-    results.update(_provenance())
+    results.update(provenance())
     results["config"] = config
     results["status"] = "ok"
     if trainer.is_global_zero:
@@ -198,34 +177,6 @@ def compile_backbone(backbone: Backbone) -> Backbone:
     except Exception as error:  # compile support varies by platform and torch build
         log.warning("torch.compile is not available here (%s); running the backbone uncompiled", error)
     return backbone
-
-
-def _lookup(tree: dict[str, Any], dotted: str) -> float | None:
-    node: Any = tree
-    for part in dotted.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return float(node) if isinstance(node, (int, float)) else None
-
-
-def _provenance() -> dict[str, Any]:
-    import hydra as hydra_module
-    import torchvision
-
-    return {
-        "pretextlab_version": pretextlab.__version__,
-        "git_commit": _git_commit(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "lightning": L.__version__,
-            "hydra": hydra_module.__version__,
-        },
-        "hostname": platform.node(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 def _record_failure(cfg: DictConfig, error: BaseException, multirun: bool = False) -> None:

@@ -1,0 +1,1 @@
+"""The packaged Hydra configs (``pkg://pretextlab.conf``): train.yaml, evaluate.yaml and the config groups."""

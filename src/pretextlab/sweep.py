@@ -1,0 +1,129 @@
+"""The main job: pretrain every task of a sweep, evaluate each, and build the table.
+
+    pretextlab sweep                                   # the default sweep on the embedded synthetic data
+    pretextlab sweep data=cifar10 trainer.max_epochs=5 # extra Hydra overrides apply to every job
+    pretextlab sweep --tasks none,rotation --vit-tasks ''
+    pretextlab sweep -cd my_configs --tasks mytask,rotation   # a task of yours beside built-in ones
+
+Convolutional tasks run on the configured backbone (convnet by default); transformer tasks (MAE) run
+on ``--vit-backbone`` in a second Hydra multirun into the same sweep directory, so one table shows all.
+Each of the two gets a random-init row (``task=none``) of its own backbone, added when not listed: the
+table compares every row with the random init of its own backbone.
+
+The sweep directory (``./outputs/sweeps/sweep-<key>``) is named by the command, so the same command
+finds the same directory: finished jobs are skipped and interrupted ones resume from their last
+checkpoint. Jobs whose directory holds finished results of a different config are refused (left as
+they were), and so are jobs another process is running: the sweep then exits 2 naming them, without
+rebuilding the table (it would show old rows as if new). Both multiruns run even when the first fails.
+Defaults come from the environment variables ``TASKS``, ``VIT_TASKS``, ``VIT_BACKBONE``, ``VIT_ARGS`` and
+``SWEEP_DIR`` when set (the repository's ``multirun.sh`` passes them through).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pretextlab.paths import searchpath_override
+
+DEFAULT_TASKS = "none,rotation,jigsaw,colorization,context,inpainting,supervised"
+DEFAULT_VIT_TASKS = "mae"
+DEFAULT_VIT_BACKBONE = "vit_tiny"
+#: Applied to the transformer jobs before the user's overrides (which win). A ViT step costs far more
+#: than a small convnet step on a CPU, so the default keeps MAE's pretraining short.
+DEFAULT_VIT_ARGS = "data.num_pretrain=2000 trainer.max_epochs=3"
+RANDOM_INIT = "none"
+LOG_PREFIX = "[multirun]"
+
+
+def with_floor(tasks: str) -> str:
+    """``tasks`` with the random-init row first unless it is listed (empty stays empty)."""
+    names = [name for name in tasks.split(",") if name]
+    if not names or RANDOM_INIT in names:
+        return ",".join(names)
+    return ",".join([RANDOM_INIT, *names])
+
+
+def sweep_key(tasks: str, vit_tasks: str, vit_backbone: str, vit_args: str, overrides: list[str],
+              config_dirs: list[Path]) -> str:
+    """Ten hex digits naming the sweep's command (what multirun.sh has always hashed, plus any config folders)."""
+    parts = [tasks, vit_tasks, vit_backbone, vit_args, *overrides]
+    parts += [f"--config-dir={folder.resolve()}" for folder in config_dirs]
+    return hashlib.sha256("".join(f"{part}\n" for part in parts).encode()).hexdigest()[:10]
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _say(text: str) -> None:
+    print(f"{LOG_PREFIX} {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="pretextlab sweep", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--tasks", default=env.get("TASKS", DEFAULT_TASKS),
+                        help="tasks on the configured backbone, comma-separated ('' for none)")
+    parser.add_argument("--vit-tasks", default=env.get("VIT_TASKS", DEFAULT_VIT_TASKS),
+                        help="tasks on the transformer backbone ('' for none)")
+    parser.add_argument("--vit-backbone", default=env.get("VIT_BACKBONE") or DEFAULT_VIT_BACKBONE)
+    parser.add_argument("--vit-args", default=env.get("VIT_ARGS", DEFAULT_VIT_ARGS),
+                        help="overrides for the transformer jobs only, before yours")
+    parser.add_argument("--config-dir", "-cd", dest="config_dirs", type=Path, action="append", default=[],
+                        help="a config folder of yours joining the packaged configs (repeatable)")
+    parser.add_argument("--sweep-dir", type=Path, default=Path(env["SWEEP_DIR"]) if env.get("SWEEP_DIR") else None,
+                        help="where the jobs and the table go (default: ./outputs/sweeps/sweep-<key of the command>)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
+    args = parser.parse_args(argv)
+    for folder in args.config_dirs:
+        if not folder.is_dir():
+            print(f"pretextlab: error: --config-dir {folder} is not a folder", file=sys.stderr)
+            return 2
+
+    tasks = with_floor(args.tasks)
+    vit_tasks = with_floor(args.vit_tasks)
+    key = sweep_key(tasks, vit_tasks, args.vit_backbone, args.vit_args, args.overrides, args.config_dirs)
+    sweep_dir = (args.sweep_dir or Path("outputs") / "sweeps" / f"sweep-{key}").resolve()
+    child_env = dict(env)
+    child_env.setdefault("PRETEXTLAB_SWEEP_ID", sweep_dir.name)
+    searchpath = searchpath_override(args.config_dirs)
+    train = [sys.executable, "-m", "pretextlab.train", "-m"]
+    _say(f"sweep directory: {sweep_dir}")
+    started = time.time()
+
+    status = 0
+    if tasks:
+        command = [*train, f"task={tasks}", f"hydra.sweep.dir={_quoted(sweep_dir)}", *searchpath, *args.overrides]
+        status = subprocess.call(command, env=child_env) or status
+    if vit_tasks:
+        # The user's backbone choice applies to the convolutional tasks only.
+        own = [arg for arg in args.overrides if not arg.lstrip("+~").startswith(("backbone=", "backbone."))]
+        command = [*train, f"task={vit_tasks}", f"backbone={args.vit_backbone}",
+                   f"hydra.sweep.dir={_quoted(sweep_dir)}",
+                   "hydra.sweep.subdir=${hydra.job.num}_${task.name}_${backbone.name}",
+                   *searchpath, *shlex.split(args.vit_args), *own]
+        status = subprocess.call(command, env=child_env) or status
+    if status != 0:
+        _say(f"some jobs were not run or the sweep failed (exit {status}): {sweep_dir}/table.md was not rebuilt")
+        return status
+
+    from pretextlab.table import main as table_main
+
+    table_status = table_main([str(sweep_dir)])
+    if table_status:
+        return table_status
+    _say(f"done in {int(time.time() - started)} s; table: {sweep_dir}/table.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
