@@ -13,7 +13,7 @@ from torch import nn
 from pretextlab.audit import audit_task, flag_threshold, main
 from pretextlab.backbones.convnet import ConvNet
 from pretextlab.data import PretextDataModule
-from pretextlab.data.sources import SyntheticSource
+from pretextlab.data.synthetic_source import SyntheticSource
 from pretextlab.ops.augment import random_crop_with_padding
 from pretextlab.ops.tiles import extract_tiles, normalize_tiles
 from pretextlab.table import build_rows, collect_results, merge_results, to_markdown
