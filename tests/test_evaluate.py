@@ -34,7 +34,8 @@ from pretextlab.evaluate import (
     pretrained_name,
     run as evaluate_run,
 )
-from pretextlab.export import ExportError, export_backbone
+from pretextlab.export.format import ExportError
+from pretextlab.export.run import export_backbone
 from pretextlab.rundir import ExistingResultsError, JobHeldError, JobLock
 from pretextlab.table import build_table
 from pretextlab.train import run as train_run

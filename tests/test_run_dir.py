@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pretextlab.checkpoints import read_checkpoint
 from pretextlab.config import project_root
-from pretextlab.export import export_backbone
+from pretextlab.export.run import export_backbone
 from pretextlab.rundir import LOCK_FILE, JobHeldError, JobLock, summary_line, NotRun
 from pretextlab.train import run
 from tests.conftest import FAST_RUN
