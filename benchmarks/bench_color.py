@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_color.py [--threads 1] [--repeats 5] [--device cpu]
 
 For batch 256 at 32 px and 96 px it prints images/s of
-- ``pretextlab.ops.color.rgb_to_lab`` on the whole batch (one call),
+- ``pretextlab.ops.lab.rgb_to_lab`` on the whole batch (one call),
 - a per-image loop of ``skimage.color.rgb2lab`` (the naive way: tensor → numpy HWC → Lab → back),
 - a per-image loop of ``rgb_to_lab`` (same maths, Python loop over images),
 and the ratios, plus the Lab agreement with skimage on the benchmark batch and the throughput of
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from skimage.color import rgb2lab
 
-from pretextlab.ops import color
+from pretextlab.ops import ab_bins
+from pretextlab.ops import lab as lab_conversion
 
 
 def _best_seconds(function: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
@@ -47,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    centres = color.in_gamut_ab_bins(device=device)
+    centres = ab_bins.in_gamut_ab_bins(device=device)
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"best of {args.repeats}")
@@ -55,14 +56,14 @@ def main() -> None:
         images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(size)).to(device)
 
         def batched() -> torch.Tensor:
-            return color.rgb_to_lab(images)
+            return lab_conversion.rgb_to_lab(images)
 
         def batched_unsliced() -> torch.Tensor:  # the same passes over the whole batch at once
-            slice_values, color._CPU_SLICE_VALUES = color._CPU_SLICE_VALUES, 1 << 62
+            slice_values, lab_conversion._CPU_SLICE_VALUES = lab_conversion._CPU_SLICE_VALUES, 1 << 62
             try:
-                return color.rgb_to_lab(images)
+                return lab_conversion.rgb_to_lab(images)
             finally:
-                color._CPU_SLICE_VALUES = slice_values
+                lab_conversion._CPU_SLICE_VALUES = slice_values
 
         def skimage_loop() -> torch.Tensor:
             out = [torch.from_numpy(rgb2lab(image.permute(1, 2, 0).cpu().numpy())).permute(2, 0, 1)
@@ -70,15 +71,15 @@ def main() -> None:
             return torch.stack(out)
 
         def torch_loop() -> torch.Tensor:
-            return torch.stack([color.rgb_to_lab(image) for image in images])
+            return torch.stack([lab_conversion.rgb_to_lab(image) for image in images])
 
         targets = torch.nn.functional.adaptive_avg_pool2d(batched()[:, 1:], size // 4)
 
         def encode() -> object:
-            return color.soft_encode(targets, centres)
+            return ab_bins.soft_encode(targets, centres)
 
         def encode_windowed() -> object:  # the 5x5 lattice window, its lattice rebuilt per call (the task keeps one)
-            return color.soft_encode(targets, centres, lattice=color.bin_lattice(centres, 10.0))
+            return ab_bins.soft_encode(targets, centres, lattice=ab_bins.bin_lattice(centres, 10.0))
 
         times = {name: _best_seconds(fn, args.repeats, synchronize)
                  for name, fn in (("batched", batched), ("unsliced", batched_unsliced), ("skimage loop", skimage_loop),
@@ -114,7 +115,7 @@ def time_loss_pieces(batch: int, repeats: int, synchronize: Callable[[], None], 
 
     def matrix_then_fused() -> None:  # what ColorizationTask does now
         logits = bilinear_to_channels_last(raw, (target, target))
-        loss, _ = color.sparse_soft_cross_entropy(logits, indices, weights)
+        loss, _ = ab_bins.sparse_soft_cross_entropy(logits, indices, weights)
         loss.sum().backward()
 
     old = _best_seconds(interpolate_then_log_softmax, repeats, synchronize)

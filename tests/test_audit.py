@@ -13,10 +13,11 @@ from torch import nn
 from pretextlab.audit import audit_task, flag_threshold, main
 from pretextlab.backbones.convnet import ConvNet
 from pretextlab.data import PretextDataModule
-from pretextlab.data.sources import SyntheticSource
+from pretextlab.data.synthetic_source import SyntheticSource
 from pretextlab.ops.augment import random_crop_with_padding
 from pretextlab.ops.tiles import extract_tiles, normalize_tiles
-from pretextlab.table import build_rows, collect_results, merge_results, to_markdown
+from pretextlab.table.collect import build_rows, collect_results, merge_results
+from pretextlab.table.render import to_markdown
 from pretextlab.tasks.base import PretextOutput, PretextTask, accuracy
 from pretextlab.tasks.rotation import RotationTask
 from pretextlab.train import run

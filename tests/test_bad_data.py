@@ -14,7 +14,7 @@ from PIL import Image
 from pretextlab.data import DataError, ImageFolderSource
 
 SIZE = 8
-LOGGER = "pretextlab.data.imagefolder"
+LOGGER = "pretextlab.data.image_files"
 
 
 @pytest.fixture(autouse=True)

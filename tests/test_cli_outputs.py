@@ -110,7 +110,7 @@ def test_a_full_disk_under_the_decode_cache_costs_a_warning(tmp_path, monkeypatc
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 960 vs 854")
 
     monkeypatch.setattr(torch, "save", save_onto_a_full_disk)
-    with caplog.at_level(logging.WARNING, logger="pretextlab.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="pretextlab.data.image_folder_source"):
         split = ImageFolderSource(str(tmp_path / "images"), image_size=8).load("train")
     assert tuple(split.images.shape) == (6, 3, 8, 8)
     assert any("could not cache decoded images" in r.getMessage() and "unexpected pos" in r.getMessage()

@@ -10,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 from skimage.color import rgb2lab
 
-from pretextlab.ops import color
+from pretextlab.ops import ab_bins
+from pretextlab.ops import lab as lab_conversion
 from pretextlab.tasks.base import TaskConfigError
 from pretextlab.tasks.colorization import ColorizationTask
 from pretextlab.train import run
@@ -40,25 +41,25 @@ def _random_rgb(seed: int = 0) -> torch.Tensor:
 
 def test_rgb_to_lab_agrees_with_skimage_within_1e_3():
     rgb = _random_rgb()
-    ours = color.rgb_to_lab(rgb).permute(0, 2, 3, 1).numpy()
+    ours = lab_conversion.rgb_to_lab(rgb).permute(0, 2, 3, 1).numpy()
     reference = rgb2lab(rgb.permute(0, 2, 3, 1).double().numpy())
     assert np.abs(ours - reference).max() <= 1e-3
 
 
 def test_lab_round_trip_restores_rgb():
     rgb = _random_rgb(1)
-    assert (color.lab_to_rgb(color.rgb_to_lab(rgb)) - rgb).abs().max() <= 1e-4
+    assert (lab_conversion.lab_to_rgb(lab_conversion.rgb_to_lab(rgb)) - rgb).abs().max() <= 1e-4
 
 
 def test_lab_conversion_works_on_single_images_and_stays_float32_under_bf16_autocast():
     rgb = _random_rgb(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        lab = color.rgb_to_lab(rgb)
+        lab = lab_conversion.rgb_to_lab(rgb)
     assert lab.dtype == torch.float32
-    assert torch.equal(lab, color.rgb_to_lab(rgb))
-    assert torch.allclose(color.rgb_to_lab(rgb[0 + 5]), lab[5])
+    assert torch.equal(lab, lab_conversion.rgb_to_lab(rgb))
+    assert torch.allclose(lab_conversion.rgb_to_lab(rgb[0 + 5]), lab[5])
     with pytest.raises(ValueError, match="3 channels"):
-        color.rgb_to_lab(torch.rand(2, 1, 8, 8))
+        lab_conversion.rgb_to_lab(torch.rand(2, 1, 8, 8))
 
 
 # -- ab bins --------------------------------------------------------------------------------------
@@ -66,9 +67,9 @@ def test_lab_conversion_works_on_single_images_and_stays_float32_under_bf16_auto
 def _piecewise_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """The textbook definition with torch.where on both knees: the reference for the fast path."""
     linear = torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    white = torch.tensor(color._WHITE_D65).view(3, 1, 1)
-    xyz = torch.einsum("ij,bjhw->bihw", torch.tensor(color._RGB_TO_XYZ), linear) / white
-    f = torch.where(xyz > color._EPSILON, xyz.clamp(min=color._EPSILON) ** (1 / 3), (color._KAPPA * xyz + 16) / 116)
+    white = torch.tensor(lab_conversion.WHITE_D65).view(3, 1, 1)
+    xyz = torch.einsum("ij,bjhw->bihw", torch.tensor(lab_conversion.RGB_TO_XYZ), linear) / white
+    f = torch.where(xyz > lab_conversion.LAB_EPSILON, xyz.clamp(min=lab_conversion.LAB_EPSILON) ** (1 / 3), (lab_conversion.LAB_KAPPA * xyz + 16) / 116)
     lightness = 116 * f[:, 1:2] - 16
     return torch.cat([lightness, 500 * (f[:, :1] - f[:, 1:2]), 200 * (f[:, 1:2] - f[:, 2:])], dim=1)
 
@@ -78,9 +79,9 @@ def test_sliced_batch_conversion_equals_per_image_conversion_and_the_piecewise_d
     # images put values below both knees (sRGB toe, Lab's linear segment).
     rgb = torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     rgb[:20] *= 0.03
-    assert len(rgb) * rgb[0].numel() > color._CPU_SLICE_VALUES
-    lab = color.rgb_to_lab(rgb)
-    assert torch.allclose(lab, torch.stack([color.rgb_to_lab(image) for image in rgb]), atol=1e-4)
+    assert len(rgb) * rgb[0].numel() > lab_conversion._CPU_SLICE_VALUES
+    lab = lab_conversion.rgb_to_lab(rgb)
+    assert torch.allclose(lab, torch.stack([lab_conversion.rgb_to_lab(image) for image in rgb]), atol=1e-4)
     assert (lab - _piecewise_rgb_to_lab(rgb)).abs().max() <= 2e-4
 
 
@@ -89,7 +90,7 @@ def test_lab_gradient_matches_the_piecewise_definition():
     rgb[0] *= 0.03
     weights = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
     fast, reference = rgb.clone().requires_grad_(), rgb.clone().requires_grad_()
-    (color.rgb_to_lab(fast) * weights).sum().backward()
+    (lab_conversion.rgb_to_lab(fast) * weights).sum().backward()
     (_piecewise_rgb_to_lab(reference) * weights).sum().backward()
     assert fast.grad is not None and reference.grad is not None
     assert (fast.grad - reference.grad).abs().max() <= 1e-4 * reference.grad.abs().max()
@@ -110,7 +111,7 @@ def _skimage_reached_cells(samples_per_edge: int) -> set[tuple[int, int]]:
 
 
 def test_in_gamut_bins_are_the_cells_srgb_colours_reach():
-    centres = color.in_gamut_ab_bins(10.0)
+    centres = ab_bins.in_gamut_ab_bins(10.0)
     count = centres.shape[0]
     assert 240 <= count <= 330, count  # Zhang et al. report 313; this project's criterion gives 262
     assert torch.equal(centres, torch.round(centres / 10) * 10)  # centres on the grid
@@ -129,24 +130,24 @@ def test_in_gamut_bins_are_the_cells_srgb_colours_reach():
 
 @pytest.fixture(scope="module")
 def centres() -> torch.Tensor:
-    return color.in_gamut_ab_bins()
+    return ab_bins.in_gamut_ab_bins()
 
 
 def _random_ab(seed: int = 0) -> torch.Tensor:
     """ab values of real sRGB colours, (B, 2, H, W)."""
-    return color.rgb_to_lab(_random_rgb(seed))[:, 1:]
+    return lab_conversion.rgb_to_lab(_random_rgb(seed))[:, 1:]
 
 
 def test_soft_encoding_is_a_gaussian_over_the_five_nearest_bins(centres):
     ab = _random_ab()
-    indices, weights = color.soft_encode(ab, centres, neighbours=5, sigma=5.0)
+    indices, weights = ab_bins.soft_encode(ab, centres, neighbours=5, sigma=5.0)
     assert indices.shape == weights.shape == (*ab.shape[:1], *ab.shape[2:], 5)
     assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-6)
-    dense = color.densify(indices, weights, centres.shape[0])
+    dense = ab_bins.densify(indices, weights, centres.shape[0])
     assert dense.shape == (ab.shape[0], centres.shape[0], *ab.shape[2:])
     assert ((dense > 0).sum(dim=1) == 5).all()
     # the nearest bin (by brute force) is the first index and carries the largest weight
-    assert torch.equal(indices[..., 0], color.nearest_bin(ab, centres))
+    assert torch.equal(indices[..., 0], ab_bins.nearest_bin(ab, centres))
     assert torch.equal(dense.argmax(dim=1), indices[..., 0])
     # weights are exp(-d²/2σ²) up to normalisation: check one pixel by hand
     pixel_ab = ab[0, :, 3, 4]
@@ -163,9 +164,9 @@ def test_windowed_search_finds_the_same_bins_as_the_full_search(centres, neighbo
     outside = (torch.rand(2, 2, 8, 8, generator=generator) - 0.5) * 600
     edge = centres[torch.randint(len(centres), (2 * 8 * 8,), generator=generator)].T.reshape(2, 2, 8, 8) + 4.0
     for ab in (_random_ab(), outside, edge):
-        full_indices, full_weights = color.soft_encode(ab, centres, neighbours, sigma=5.0)
-        window_indices, window_weights = color.soft_encode(ab, centres, neighbours, sigma=5.0,
-                                                           lattice=color.bin_lattice(centres, 10.0))
+        full_indices, full_weights = ab_bins.soft_encode(ab, centres, neighbours, sigma=5.0)
+        window_indices, window_weights = ab_bins.soft_encode(ab, centres, neighbours, sigma=5.0,
+                                                           lattice=ab_bins.bin_lattice(centres, 10.0))
         full_distances = (centres[full_indices] - ab.permute(0, 2, 3, 1)[..., None, :]).pow(2).sum(-1)
         window_distances = (centres[window_indices] - ab.permute(0, 2, 3, 1)[..., None, :]).pow(2).sum(-1)
         assert torch.allclose(window_distances, full_distances, atol=1e-2)  # same neighbours up to ties
@@ -184,29 +185,29 @@ def test_the_task_builds_its_bin_lattice_once(make_config):
 
 def test_windowed_search_refuses_centres_off_the_lattice(centres):
     with pytest.raises(ValueError, match="lattice of spacing 7"):
-        color.bin_lattice(centres, 7.0)
+        ab_bins.bin_lattice(centres, 7.0)
 
 
 def test_rebalancing_weights_have_expectation_one_under_p(centres):
-    counts = color.bin_histogram(color.nearest_bin(_random_ab(), centres), centres.shape[0])
-    p = color.smooth_distribution(counts / counts.sum(), centres, sigma=5.0)
+    counts = ab_bins.bin_histogram(ab_bins.nearest_bin(_random_ab(), centres), centres.shape[0])
+    p = ab_bins.smooth_distribution(counts / counts.sum(), centres, sigma=5.0)
     assert math.isclose(p.sum().item(), 1.0, rel_tol=1e-5)
     assert (p > 0).all()  # smoothing spreads mass to neighbouring bins; the uniform mix does the rest
-    weights = color.rebalancing_weights(p, uniform_mix=0.5)
+    weights = ab_bins.rebalancing_weights(p, uniform_mix=0.5)
     assert math.isclose((p * weights).sum().item(), 1.0, rel_tol=1e-5)
     assert weights[p.argmax()] == weights.min() and weights[p.argmin()] == weights.max()  # rare colours weigh more
-    assert torch.allclose(color.rebalancing_weights(p, uniform_mix=1.0), torch.ones_like(p))
+    assert torch.allclose(ab_bins.rebalancing_weights(p, uniform_mix=1.0), torch.ones_like(p))
 
 
 def test_annealed_mean_goes_from_mean_at_t1_to_mode_at_small_t(centres):
     logits = torch.randn(2, centres.shape[0], 3, 3, generator=torch.Generator().manual_seed(0)) * 2
     probabilities = torch.softmax(logits, dim=1)
     mean = torch.einsum("bqhw,qc->bchw", probabilities, centres)
-    assert torch.allclose(color.annealed_mean(logits, centres, 1.0), mean, atol=1e-4)
+    assert torch.allclose(ab_bins.annealed_mean(logits, centres, 1.0), mean, atol=1e-4)
     mode = centres[logits.argmax(dim=1)].permute(0, 3, 1, 2)
-    assert torch.allclose(color.annealed_mean(logits, centres, 1e-4), mode, atol=1e-2)
+    assert torch.allclose(ab_bins.annealed_mean(logits, centres, 1e-4), mode, atol=1e-2)
     # in between: more saturated than the mean (farther from the origin), on average
-    annealed = color.annealed_mean(logits, centres, 0.38)
+    annealed = ab_bins.annealed_mean(logits, centres, 0.38)
     assert annealed.norm(dim=1).mean() > mean.norm(dim=1).mean()
 
 
@@ -255,7 +256,7 @@ def test_bad_configurations_fail_at_construction():
         return ColorizationTask(backbone=build_backbone("convnet", in_channels=in_channels),
                                 in_channels=in_channels, image_size=32, **kwargs)
 
-    assert build().num_bins == color.in_gamut_ab_bins().shape[0]
+    assert build().num_bins == ab_bins.in_gamut_ab_bins().shape[0]
     with pytest.raises(TaskConfigError, match="in_channels must be 1"):
         build(in_channels=3)
     with pytest.raises(TaskConfigError, match="head"):
@@ -337,7 +338,7 @@ def test_sparse_soft_cross_entropy_matches_log_softmax_gather_in_value_and_gradi
     weights = torch.softmax(torch.randn(4, 3, 3, 5, generator=generator), dim=-1)
     upstream = torch.randn(4, 3, 3, generator=generator)
     ours_input, reference_input = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    loss, argmax = color.sparse_soft_cross_entropy(ours_input, indices, weights)
+    loss, argmax = ab_bins.sparse_soft_cross_entropy(ours_input, indices, weights)
     reference = -(weights * torch.log_softmax(reference_input, dim=-1).gather(-1, indices)).sum(-1)
     assert torch.allclose(loss, reference, atol=1e-5)
     assert torch.equal(argmax, logits.argmax(dim=-1))
@@ -346,4 +347,4 @@ def test_sparse_soft_cross_entropy_matches_log_softmax_gather_in_value_and_gradi
     assert ours_input.grad is not None and reference_input.grad is not None
     assert torch.allclose(ours_input.grad, reference_input.grad, atol=1e-5)
     with pytest.raises(ValueError, match="do not match"):
-        color.sparse_soft_cross_entropy(logits, indices[..., :4], weights)
+        ab_bins.sparse_soft_cross_entropy(logits, indices[..., :4], weights)

@@ -35,7 +35,8 @@ from pretextlab.evaluate import (
     pretrained_name,
     run as evaluate_run,
 )
-from pretextlab.export import ExportError, export_backbone
+from pretextlab.export.format import ExportError
+from pretextlab.export.run import export_backbone
 from pretextlab.rundir import ExistingResultsError, JobHeldError, JobLock
 from pretextlab.table import build_table
 from pretextlab.train import run as train_run
@@ -385,7 +386,7 @@ def test_positional_paths_become_the_pretrained_override():
 def test_a_vit_refuses_another_image_size_in_one_line():
     from pretextlab.backbones import build_backbone
     from pretextlab.evaluate import _check_backbone_takes
-    from pretextlab.tasks.base import EvaluationEncoder
+    from pretextlab.evaluation.encoder import EvaluationEncoder
 
     vit = build_backbone("vit", image_size=32, patch_size=4, dim=16, depth=1, heads=2)
     encoder = EvaluationEncoder(vit, InputPreparation("rgb_normalized", [0.5] * 3, [0.25] * 3))

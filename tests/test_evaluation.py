@@ -28,7 +28,7 @@ from pretextlab.evaluation import (
 )
 from pretextlab.evaluation import linear as linear_module
 from pretextlab.evaluation import runner as runner_module
-from pretextlab.tasks.base import EvaluationEncoder
+from pretextlab.evaluation.encoder import EvaluationEncoder
 
 NUM_CLASSES = 5
 

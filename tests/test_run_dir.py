@@ -14,11 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from pretextlab.checkpoints import read_checkpoint
-from tests.conftest import REPO_ROOT
-from pretextlab.export import export_backbone
+from pretextlab.export.run import export_backbone
 from pretextlab.rundir import LOCK_FILE, JobHeldError, JobLock, summary_line, NotRun
 from pretextlab.train import run
-from tests.conftest import FAST_RUN
+from tests.conftest import FAST_RUN, REPO_ROOT
 
 ROOT = REPO_ROOT
 

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from pretextlab import table as table_module
-from pretextlab.table import REFERENCE_HEADER, build_table, main
+from pretextlab.table.cli import build_table, main
+from pretextlab.table.collect import build_rows, collect_results, merge_results
+from pretextlab.table.render import build_columns
+from pretextlab.table.tasks_info import REFERENCE_HEADER
+from pretextlab.table.wandb_summary import log_to_wandb
 
 
 def ok_record(task: str, linear: float, seed: int = 0, *, last: float | None = None, knn: float | None = None,
@@ -196,9 +199,9 @@ def test_wandb_summary_run_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     sweep = write_sweep(tmp_path / "sweep", [ok_record("none", 0.3), ok_record("rotation", 0.5)])
-    rows = table_module.build_rows(table_module.merge_results(table_module.collect_results([sweep])))
-    columns = table_module.build_columns(rows)
-    assert table_module.log_to_wandb(rows, columns, None, "pretextlab-test", "g", None, tmp_path)
+    rows = build_rows(merge_results(collect_results([sweep])))
+    columns = build_columns(rows)
+    assert log_to_wandb(rows, columns, None, "pretextlab-test", "g", None, tmp_path)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 

@@ -1,4 +1,4 @@
-"""Transfer columns of the table (pretextlab.table_transfer) from hand-written results.json records.
+"""Transfer columns of the table (pretextlab.table.transfer) from hand-written results.json records.
 
 The records are written as ``pretextlab.train`` and ``pretextlab.evaluate`` write them (identity,
 task settings, budget, run directory) and read back through the table's own reader

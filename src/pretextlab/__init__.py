@@ -20,7 +20,7 @@ def max_hamming_permutations(n: int, grid: int = 3) -> "torch.Tensor":
 
 def load_backbone(path: str, **kwargs: Any) -> "Backbone":
     """Rebuild an exported backbone (see ``python -m pretextlab.export``)."""
-    from pretextlab.export import load_backbone as _load
+    from pretextlab.export.format import load_backbone as _load
 
     return _load(path, **kwargs)
 

@@ -110,7 +110,7 @@ def load_run(run_dir: Path) -> tuple[PretextTask, Any, dict[str, Any]]:
     """Rebuild a run's task (trained weights loaded) and DataModule from its directory."""
     from hydra.utils import instantiate
 
-    from pretextlab.export import load_checkpoint
+    from pretextlab.checkpoints import read_checkpoint
 
     path = run_dir / "results.json"
     if not path.is_file():
@@ -127,7 +127,7 @@ def load_run(run_dir: Path) -> tuple[PretextTask, Any, dict[str, Any]]:
                                     num_classes=datamodule.num_classes, mean=datamodule.mean, std=datamodule.std,
                                     image_size=datamodule.image_size)
     if task.pretrains:
-        checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         task.load_state_dict(checkpoint["state_dict"])
     return task, datamodule, results
 

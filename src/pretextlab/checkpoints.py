@@ -6,7 +6,8 @@ disk mid-write leaves the old file or the new one, never half of one. (Lightning
 bytes in the system temp folder and *copies* them over when that is another file system.)
 
 Reading: every checkpoint pretextlab loads, here and inside Lightning, goes through :func:`read_checkpoint`:
-``torch.load(weights_only=True)`` with the small allow-list that ``export`` uses, whatever
+``torch.load(weights_only=True)`` with the small allow-list of :func:`safe_globals` (export reads runs
+through it too), whatever
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (an explicit ``weights_only=True`` is the one thing that
 variable cannot override). ``trust_checkpoint=true`` is the opt-in to full unpickling.
 
@@ -21,11 +22,13 @@ checkpoint is a one-line error instead of Lightning's "Missing key(s)" traceback
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import pickle
 import re
+import typing
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,14 +62,29 @@ class DamagedCheckpointError(CheckpointError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """The file holds objects beyond tensors and plain values: loading it would run code stored in it."""
+    """The file holds objects beyond tensors and plain values: loading it would run code stored in it.
+
+    ``refused`` is the message without its way out, for callers whose way out is another option
+    (``python -m pretextlab.export --trust-checkpoint``).
+    """
+
+    def __init__(self, refused: str, way_out: str | None = None) -> None:
+        super().__init__(refused if way_out is None else f"{refused}; {way_out}")
+        self.refused = refused
 
 
 def safe_globals() -> list[Any]:
-    """The few non-tensor classes a Lightning checkpoint of a pretextlab task may hold (export's list)."""
-    from pretextlab.export import _checkpoint_safe_globals
+    """The few non-tensor classes a Lightning 2.x checkpoint of a Hydra-built task holds.
 
-    return _checkpoint_safe_globals()
+    Hydra passes ``mean``/``std`` to the task as omegaconf ``ListConfig``; Lightning stores them in
+    ``hyper_parameters``. These classes only rebuild containers of plain values; everything else
+    stays refused by the weights-only unpickler.
+    """
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.listconfig import ListConfig
+    from omegaconf.nodes import AnyNode
+
+    return [ListConfig, AnyNode, Metadata, ContainerMetadata, typing.Any, collections.defaultdict, list, dict, int]
 
 
 def _first_line(error: BaseException) -> str:
@@ -111,8 +129,9 @@ def load_weights_only(path: str | Path, trust: bool = False, map_location: Any =
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         raise UnsafeCheckpointError(
             f"{path} holds objects other than tensors and plain values "
-            f"({found.group(1) if found else _first_line(error)}), so it was not loaded; if you trust its "
-            "origin, pass trust_checkpoint=true (this unpickles it fully and runs any code stored in it)") from error
+            f"({found.group(1) if found else _first_line(error)}), so it was not loaded",
+            "if you trust its origin, pass trust_checkpoint=true (this unpickles it fully and runs any code "
+            "stored in it)") from error
     except Exception as error:  # a damaged archive member, a bad CRC, an unknown storage type...
         raise DamagedCheckpointError(f"{path} cannot be read: {_first_line(error)}") from error
     return checkpoint

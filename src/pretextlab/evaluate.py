@@ -103,7 +103,7 @@ class InputPreparation:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.kind == "lab_l":
-            from pretextlab.ops.color import rgb_to_lab
+            from pretextlab.ops.lab import rgb_to_lab
 
             return rgb_to_lab(images)[:, :1] / 50.0 - 1.0
         from pretextlab.ops.augment import normalize

@@ -1,4 +1,5 @@
-"""Writing outputs so that a crash at any moment leaves the old file or the new one, never half.
+"""Files in and out: outputs written so that a crash at any moment leaves the old file or the new
+one, never half; JSON files read back with one-line errors.
 
 Every writer goes through :func:`atomic_path`: the content is written to a temporary file in the
 same folder (same file system, so the final ``os.replace`` is atomic), flushed to disk, then
@@ -81,3 +82,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON atomically; serialised first, so a bad value writes nothing."""
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path, error: type[Exception], *, unreadable: str = "{path} cannot be read: {error}",
+              invalid: str = "{path} is not valid JSON: {error}") -> Any:
+    """The JSON value in ``path``; a file that cannot be read or decoded raises ``error`` with one line.
+
+    ``unreadable`` and ``invalid`` are the two messages (``str.format`` templates with ``{path}`` and
+    ``{error}``), so each reader keeps its own wording. What the value must be (an object, which
+    keys) is the caller's to check. A hostile file nested deeper than Python's recursion limit is
+    "not valid JSON" too, not a crash.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as cause:
+        raise error(unreadable.format(path=path, error=cause)) from cause
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as cause:
+        raise error(invalid.format(path=path, error=cause)) from cause

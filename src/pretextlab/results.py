@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretextlab.io import read_json
+
 #: The version of the record this module reads and ``pretextlab.train`` writes.
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -101,14 +103,8 @@ class ResultsRecord:
     def read(cls, path: str | Path) -> ResultsRecord:
         """The record in ``path``; :class:`ResultsError` (naming the path) when it is not a usable one."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ResultsError(f"{path}: cannot be read ({error})") from error
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ResultsError(f"{path}: not valid JSON ({error})") from error
+        payload = read_json(path, ResultsError, unreadable="{path}: cannot be read ({error})",
+                            invalid="{path}: not valid JSON ({error})")
         return cls.from_json(payload, path)
 
     @classmethod

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretextlab.data.imagefolder import IMAGE_SUFFIXES
+from pretextlab.data.image_files import IMAGE_SUFFIXES
 from pretextlab.data.sources import DataError
 
 

@@ -28,8 +28,8 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from pretextlab.data.folders import FileListing
-from pretextlab.data.imagefolder import BAD_IMAGE_POLICIES, _report_bad_file, _to_rgb
-from pretextlab.data.sources import DataError
+from pretextlab.data.image_files import _report_bad_file, _to_rgb
+from pretextlab.data.sources import DataError, check_bad_image_policy
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,8 @@ class StreamingDataset(Dataset):
 
     def __init__(self, listing: FileListing, crop: CropPolicy, on_bad_image: str = "skip",
                  encoded: bool = False) -> None:
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise DataError(f"data.source.on_bad_image={on_bad_image!r}: choose one of {list(BAD_IMAGE_POLICIES)}")
-        self.listing, self.crop, self.on_bad_image, self.encoded = listing, crop, on_bad_image, encoded
+        self.listing, self.crop, self.encoded = listing, crop, encoded
+        self.on_bad_image = check_bad_image_policy(on_bad_image)
 
     def __len__(self) -> int:
         return len(self.listing)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from pretextlab.data.folders import FileListing, list_folder
-from pretextlab.data.sources import DataError, DataSource
+from pretextlab.data.image_folder_source import ImageFolderSource
+from pretextlab.data.sources import DataError, DataSource, FileSource
 from pretextlab.data.streaming import CropPolicy, StreamingDataset
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ Use = Literal["pretrain", "val", "train", "test"]
 STATISTICS_IMAGES = 500
 
 
-class StreamingFolderSource(DataSource):
+class StreamingFolderSource(FileSource):
     """``root/{train,test}/<class>/*`` (or an unlabeled ``root/train/*``) streamed from disk."""
 
     name = "imagefolder"
@@ -53,18 +53,15 @@ class StreamingFolderSource(DataSource):
         decode_device: str = "cpu",
         num_classes: int | None = None,
     ) -> None:
-        self.root = Path(root).expanduser()
+        super().__init__(root, image_size, mean, std, on_bad_image)
         if not self.root.is_dir():
             state = "is a file, not a folder" if self.root.exists() else "does not exist"
             raise DataError(f"data.source.root={root} {state}; point data.source.root at a copy of the dataset "
                             f"(folders {train_dir}/<class>/ and {test_dir}/<class>/)")
         if decode_device not in ("cpu", "cuda"):
             raise DataError(f"data.source.decode_device={decode_device!r}: choose cpu or cuda")
-        self.image_size = int(image_size)
         self.eval_image_size = int(eval_image_size or image_size)
-        self.on_bad_image = on_bad_image
         self.decode_device = decode_device
-        self._given_mean, self._given_std = mean, std
         self._statistics_cache: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
         # The geometry is checked now, before any file is read.
         scale = (float(crop_scale[0]), float(crop_scale[1]))
@@ -170,8 +167,6 @@ def image_folder(in_memory: bool = True, cache: bool = True, **options: Any) -> 
     """
     if not in_memory:
         return StreamingFolderSource(**options)
-    from pretextlab.data.sources import ImageFolderSource
-
     kept = {key: value for key, value in options.items() if key not in STREAMING_ONLY}
     return ImageFolderSource(cache=cache, **kept)
 

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretextlab.data.imagefolder import BAD_IMAGE_POLICIES
-from pretextlab.data.sources import DataError, DataSource, Split, SplitName, _cache_dir
+from pretextlab.data.image_files import _resize_center_crop, _to_rgb
+from pretextlab.data.sources import DataError, FileSource, Split, SplitName, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,6 @@ def targets_from_annotations(found: dict[str, int]) -> list[int]:
 def _decode(path: Path, image_size: int, resize: str) -> np.ndarray | str:
     from PIL import Image, ImageOps
 
-    from pretextlab.data.imagefolder import _resize_center_crop, _to_rgb
-
     try:
         with Image.open(path) as img:
             img.load()
@@ -98,7 +96,7 @@ def _decode(path: Path, image_size: int, resize: str) -> np.ndarray | str:
         return f"{type(error).__name__}: {error}"
 
 
-class VOC2007Source(DataSource):
+class VOC2007Source(FileSource):
     """VOC 2007 trainval (``train``, ``pretrain``) and test (``test``), multi-label targets."""
 
     name = "voc2007"
@@ -120,13 +118,10 @@ class VOC2007Source(DataSource):
     ) -> None:
         if resize not in RESIZE_MODES:
             raise DataError(f"data.source.resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise DataError(f"data.source.on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
-        self.root = Path(root).expanduser()
-        self.image_size = int(image_size)
+        super().__init__(root, image_size, mean, std, on_bad_image)
         self.download = download
         self.train_split, self.test_split = train_split, test_split
-        self.resize, self.on_bad_image, self.cache = resize, on_bad_image, cache
+        self.resize, self.cache = resize, cache
         self.class_names = VOC_CLASSES
         self.num_classes = len(VOC_CLASSES)
         self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN  # type: ignore[assignment]
@@ -192,7 +187,7 @@ class VOC2007Source(DataSource):
             stat = path.stat() if path.exists() else None
             digest.update(f"{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}:{row}\n".encode())
         digest.update(f"|{self.image_size}|{self.resize}|{self.on_bad_image}|v{VOC_CACHE_VERSION}".encode())
-        cache_file = _cache_dir() / f"voc2007-{image_set}-{digest.hexdigest()[:16]}.pt"
+        cache_file = cache_dir() / f"voc2007-{image_set}-{digest.hexdigest()[:16]}.pt"
         if self.cache and cache_file.exists():
             try:
                 stored = torch.load(cache_file, map_location="cpu", weights_only=True)

@@ -1,7 +1,7 @@
 """Downstream evaluation: feature extraction and the protocols that consume it.
 
 Evaluation knows nothing of tasks: it sees an encoder that maps [0, 1] images to features
-(:class:`pretextlab.tasks.base.EvaluationEncoder`) and a datamodule that serves the splits.
+(:class:`pretextlab.evaluation.encoder.EvaluationEncoder`) and a datamodule that serves the splits.
 
 Protocols: :class:`LinearProbe` (``linear``), :class:`KNNProbe` (``knn``) work on features extracted
 once per run; :class:`FineTune` (``finetune``) trains a copy of the encoder itself;

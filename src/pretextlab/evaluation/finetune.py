@@ -13,7 +13,7 @@ from torch import nn
 
 from pretextlab.evaluation.linear import topk_accuracy
 from pretextlab.evaluation.splits import labelled_split
-from pretextlab.tasks.base import EvaluationEncoder
+from pretextlab.evaluation.encoder import EvaluationEncoder
 
 log = logging.getLogger(__name__)
 

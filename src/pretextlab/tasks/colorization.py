@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pretextlab.ops import color
+from pretextlab.ops import ab_bins
+from pretextlab.ops import lab as lab_conversion
 from pretextlab.ops.resize import bilinear_to_channels_last
 from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError
 
@@ -118,7 +119,7 @@ class ColorizationTask(PretextTask):
         self.gray_threshold = gray_threshold
         self.regression_scale = regression_scale
 
-        centres = color.in_gamut_ab_bins(ab_grid)
+        centres = ab_bins.in_gamut_ab_bins(ab_grid)
         num_bins = centres.shape[0]
         if not 1 <= soft_neighbours <= num_bins:
             raise TaskConfigError(f"task.soft_neighbours={soft_neighbours} must lie in [1, {num_bins}] "
@@ -134,7 +135,7 @@ class ColorizationTask(PretextTask):
         self.register_buffer("bin_weights", torch.ones(num_bins))
         self.register_buffer("ab_mean", torch.zeros(2))
         self.register_buffer("prior_fitted", torch.tensor(False))
-        self._lattice: color.BinLattice | None = None  # built on first use, per device
+        self._lattice: ab_bins.BinLattice | None = None  # built on first use, per device
 
         stage_channels = self.backbone.stage_dims[self.stage_index]
         outputs = num_bins if head == "classification" else 2
@@ -165,14 +166,14 @@ class ColorizationTask(PretextTask):
     # -- inputs and targets -----------------------------------------------------------------------
     def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """The L channel scaled to [-1, 1] (L / 50 - 1): what the backbone sees, here and in evaluation."""
-        return color.rgb_to_lab(images)[:, :1] / 50.0 - 1.0
+        return lab_conversion.rgb_to_lab(images)[:, :1] / 50.0 - 1.0
 
     def _target_size(self, height: int, width: int) -> tuple[int, int]:
         return max(1, height // self.target_downsample), max(1, width // self.target_downsample)
 
     def _targets(self, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Target ab at reduced resolution ``(B, 2, h, w)`` and the per-image colour mask ``(B,)``."""
-        colourful = color.chroma(lab).mean(dim=(-2, -1)) >= self.gray_threshold
+        colourful = lab_conversion.chroma(lab).mean(dim=(-2, -1)) >= self.gray_threshold
         target_ab = F.adaptive_avg_pool2d(lab[:, 1:], self._target_size(*lab.shape[-2:]))
         return target_ab, colourful
 
@@ -208,18 +209,18 @@ class ColorizationTask(PretextTask):
         for part in picks.split(chunk):
             batch = images[part].to(device)
             batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
-            target_ab, colourful = self._targets(color.rgb_to_lab(batch))
+            target_ab, colourful = self._targets(lab_conversion.rgb_to_lab(batch))
             target_ab = target_ab[colourful]
             if len(target_ab) == 0:
                 continue
-            counts += color.bin_histogram(color.nearest_bin(target_ab, self.bin_centres), self.num_bins)
+            counts += ab_bins.bin_histogram(ab_bins.nearest_bin(target_ab, self.bin_centres), self.num_bins)
             ab_sum += target_ab.double().sum(dim=(0, 2, 3))
             pixels += target_ab.shape[0] * target_ab.shape[2] * target_ab.shape[3]
         if pixels == 0:
             log.warning("colorization: every prior image is grayscale; class rebalancing stays uniform")
             return
-        self.prior.copy_(color.smooth_distribution(counts / counts.sum(), self.bin_centres, self.prior_sigma))
-        self.bin_weights.copy_(color.rebalancing_weights(self.prior, self.rebalance_lambda))
+        self.prior.copy_(ab_bins.smooth_distribution(counts / counts.sum(), self.bin_centres, self.prior_sigma))
+        self.bin_weights.copy_(ab_bins.rebalancing_weights(self.prior, self.rebalance_lambda))
         self.ab_mean.copy_((ab_sum / pixels).float())
         self.prior_fitted.fill_(True)
         bias = self._last_conv.bias
@@ -245,20 +246,20 @@ class ColorizationTask(PretextTask):
         raw = self.head(stages[self.stage_index]).float()  # float32 from here on, also under bf16 autocast
         return bilinear_to_channels_last(raw, size), self.backbone.pool(stages[-1])
 
-    def _bin_lattice(self) -> color.BinLattice:
+    def _bin_lattice(self) -> ab_bins.BinLattice:
         """The bins' lattice on the bins' device, built once there (building it syncs with a GPU)."""
         if self._lattice is None or self._lattice.table.device != self.bin_centres.device:
-            self._lattice = color.bin_lattice(self.bin_centres, self.ab_grid)
+            self._lattice = ab_bins.bin_lattice(self.bin_centres, self.ab_grid)
         return self._lattice
 
     def decode(self, prediction: torch.Tensor) -> torch.Tensor:
         """Head output ``(B, h, w, Q|2)`` → ab ``(B, 2, h, w)`` (annealed mean for classification)."""
         if self.head_kind == "classification":
-            return color.annealed_mean(prediction, self.bin_centres, self.temperature, dim=-1)
+            return ab_bins.annealed_mean(prediction, self.bin_centres, self.temperature, dim=-1)
         return prediction.float().permute(0, 3, 1, 2) * self.regression_scale
 
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
-        lab = color.rgb_to_lab(images)
+        lab = lab_conversion.rgb_to_lab(images)
         target_ab, colourful = self._targets(lab)
         target_size = (target_ab.shape[-2], target_ab.shape[-1])
         prediction, features = self._predict(lab[:, :1] / 50.0 - 1.0, target_size)  # (B, h, w, Q|2)
@@ -267,9 +268,9 @@ class ColorizationTask(PretextTask):
         metrics: dict[str, torch.Tensor] = {}
 
         if self.head_kind == "classification":
-            indices, soft_weights = color.soft_encode(target_ab, self.bin_centres, self.soft_neighbours,
+            indices, soft_weights = ab_bins.soft_encode(target_ab, self.bin_centres, self.soft_neighbours,
                                                       self.soft_sigma, lattice=self._bin_lattice())  # (B, h, w, K)
-            cross_entropy, predicted_bin = color.sparse_soft_cross_entropy(prediction, indices, soft_weights)
+            cross_entropy, predicted_bin = ab_bins.sparse_soft_cross_entropy(prediction, indices, soft_weights)
             nearest = indices[..., 0]
             pixel_weights = self.bin_weights[nearest]  # rebalancing by the nearest bin
             loss = (cross_entropy * pixel_weights * valid).sum() / valid_count
@@ -296,11 +297,11 @@ class ColorizationTask(PretextTask):
         """Gray input / predicted colours (annealed mean, full-resolution L) / original."""
         from pretextlab.viz import stack_rows
 
-        lab = color.rgb_to_lab(images)
+        lab = lab_conversion.rgb_to_lab(images)
         lightness = lab[:, :1]
         prediction, _ = self._predict(lightness / 50.0 - 1.0, self._target_size(*images.shape[-2:]))
         # like the paper: upsample the predicted ab to full size and pair it with the input's own L
         ab = F.interpolate(self.decode(prediction), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        gray = color.lab_to_rgb(torch.cat([lightness, torch.zeros_like(ab)], dim=1))
-        colourised = color.lab_to_rgb(torch.cat([lightness, ab], dim=1))
+        gray = lab_conversion.lab_to_rgb(torch.cat([lightness, torch.zeros_like(ab)], dim=1))
+        colourised = lab_conversion.lab_to_rgb(torch.cat([lightness, ab], dim=1))
         return {"colorization": stack_rows(gray, colourised, images)}

@@ -1,148 +1,22 @@
-"""CIE Lab conversion and the quantised ab-plane machinery of colourisation (Zhang et al. 2016).
+"""The quantised ab plane of colourisation (Zhang et al. 2016): gamut bins, soft encoding, class
+rebalancing, the sparse soft cross-entropy and the annealed-mean decoding.
 
-Everything here is batched over images and pixels, runs on whatever device its input lives on, and
-computes in float32 even under ``torch.autocast`` (a bf16 matrix product would cost about one Lab
-unit of accuracy, far above the 1e-3 the tests demand).
-
-Conventions:
-
-- RGB is sRGB in [0, 1], channels at dim ``-3``: ``(3, H, W)`` or ``(B, 3, H, W)``;
-- Lab is CIE L*a*b* under the D65 white point with the 2° observer (what ``skimage.color.rgb2lab``
-  uses by default): L in [0, 100], a and b roughly in [-110, 110];
-- ab bins are the centres of a regular grid of spacing ``grid`` (multiples of ``grid``), kept when
-  some sRGB colour has its ab in that bin's cell (:func:`in_gamut_ab_bins`).
+Batched, device-agnostic and float32 under autocast, like :mod:`pretextlab.ops.lab` (whose Lab
+conversion constants it shares). ab bins are the centres of a regular grid of spacing ``grid``
+(multiples of ``grid``), kept when some sRGB colour has its ab in that bin's cell
+(:func:`in_gamut_ab_bins`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-#: sRGB (linear) → CIE XYZ, D65 (IEC 61966-2-1; the matrix skimage uses).
-_RGB_TO_XYZ = (
-    (0.412453, 0.357580, 0.180423),
-    (0.212671, 0.715160, 0.072169),
-    (0.019334, 0.119193, 0.950227),
-)
-#: D65 reference white, 2° observer (skimage's ``"D65", "2"``).
-_WHITE_D65 = (0.95047, 1.0, 1.08883)
-_EPSILON = 216.0 / 24389.0  # (6/29)^3: below it the cube root turns into a line
-_KAPPA = 24389.0 / 27.0
+from pretextlab.ops.lab import LAB_EPSILON, LAB_KAPPA, RGB_TO_XYZ, WHITE_D65, exact_float, srgb_to_linear
 
-
-@contextlib.contextmanager
-def _exact_float(tensor: torch.Tensor) -> Iterator[None]:
-    """Turn autocast off for the block: colour maths must stay float32 under bf16/fp16 training."""
-    device_type = tensor.device.type if tensor.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
-    with torch.autocast(device_type=device_type, enabled=False):
-        yield
-
-
-def _check_channels(tensor: torch.Tensor, what: str) -> None:
-    if tensor.ndim < 3 or tensor.shape[-3] != 3:
-        raise ValueError(f"{what} must have 3 channels at dim -3, i.e. (3, H, W) or (B, 3, H, W); "
-                         f"got shape {tuple(tensor.shape)}")
-
-
-def _mix_channels(matrix: tuple[tuple[float, ...], ...], tensor: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(matrix, dtype=tensor.dtype, device=tensor.device)
-    return torch.einsum("ij,...jhw->...ihw", weights, tensor)
-
-
-def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    """Undo the sRGB transfer curve (piecewise: linear toe, 2.4 power above 0.04045)."""
-    return torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-
-
-def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
-    """Apply the sRGB transfer curve (the inverse of :func:`srgb_to_linear`)."""
-    return torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055,
-                       linear * 12.92)
-
-
-#: sRGB decoding above the toe is ((c + 0.055) / 1.055)^2.4 = (c + 0.055)^2.4 · 1.055^-2.4; the constant
-#: factor is folded into the RGB → XYZ matrix so that the pixel pass skips one multiplication.
-_SRGB_SCALE = 1.055 ** -2.4
-_SRGB_TOE = 0.04045
-#: RGB → XYZ with the white point divided out and the sRGB scale folded in (see above).
-_RGB_TO_XYZ_FOR_LAB = tuple(tuple(v * _SRGB_SCALE / w for v in row)
-                            for row, w in zip(_RGB_TO_XYZ, _WHITE_D65, strict=True))
-#: (f(X), f(Y), f(Z)) → (L + 16, a, b): L = 116 f(Y) - 16, a = 500 (f(X) - f(Y)), b = 200 (f(Y) - f(Z)).
-_F_TO_LAB = ((0.0, 116.0, 0.0), (500.0, -500.0, 0.0), (0.0, 200.0, -200.0))
-#: On the CPU the batch is converted in slices of about this many values, so that the dozen passes
-#: over each slice run in cache (benchmarks/bench_color.py: 1.3x at 96 px, batch 256; no gain at 32 px).
-_CPU_SLICE_VALUES = 1 << 18
-
-
-def _lab_of_slice(rgb: torch.Tensor) -> torch.Tensor:
-    """The conversion of :func:`rgb_to_lab` on one float32 ``(B, 3, H, W)`` slice, in few passes.
-
-    Both piecewise curves are written without ``torch.where``: the power branch is evaluated on the
-    input clamped to its domain, and the linear branch enters as a correction that is zero above
-    the knee (``-(knee - x)⁺ · slope``). The two branches meet at the knee (sRGB: to 1e-9, the
-    standard's own rounding; Lab: exactly), so this equals the piecewise definition. The in-place
-    ops act on fresh intermediates only, which autograd supports.
-    """
-    # sRGB → linear, up to the factor _SRGB_SCALE folded into the matrix below
-    linear = (rgb + 0.055).clamp_(min=_SRGB_TOE + 0.055).pow_(2.4)
-    linear.sub_((_SRGB_TOE - rgb).clamp_(min=0.0), alpha=1.0 / (12.92 * _SRGB_SCALE))
-    xyz = _mix_channels(_RGB_TO_XYZ_FOR_LAB, linear)
-    # f(t) = t^(1/3) above ε, (κ t + 16) / 116 below: the line continues the cube root at ε
-    f = xyz.clamp(min=_EPSILON).pow_(1.0 / 3.0)
-    f.add_((xyz - _EPSILON).clamp_(max=0.0), alpha=_KAPPA / 116.0)
-    lab = _mix_channels(_F_TO_LAB, f)
-    lab[:, 0].sub_(16.0)
-    return lab
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1] → CIE Lab (D65), float32, same shape; channels at dim -3."""
-    _check_channels(rgb, "rgb")
-    with _exact_float(rgb):
-        images = rgb.float().reshape(-1, *rgb.shape[-3:])
-        per_image = images[0].numel() if len(images) else 1
-        step = max(1, _CPU_SLICE_VALUES // per_image)
-        if rgb.device.type != "cpu" or len(images) <= step or (torch.is_grad_enabled() and rgb.requires_grad):
-            return _lab_of_slice(images).view(rgb.shape)
-        lab = torch.empty_like(images)
-        for start in range(0, len(images), step):
-            lab[start:start + step] = _lab_of_slice(images[start:start + step])
-        return lab.view(rgb.shape)
-
-
-def lab_to_linear_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """CIE Lab (D65) → linear RGB, NOT clipped: components outside [0, 1] mean out of gamut."""
-    _check_channels(lab, "lab")
-    with _exact_float(lab):
-        lightness, a, b = lab.float().unbind(dim=-3)
-        fy = (lightness + 16) / 116
-        f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=-3)
-        xyz = torch.where(f ** 3 > _EPSILON, f ** 3, (116 * f - 16) / _KAPPA)
-        white = torch.tensor(_WHITE_D65, dtype=xyz.dtype, device=xyz.device).view(3, 1, 1)
-        xyz_to_rgb = torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).tolist()
-        return _mix_channels(tuple(map(tuple, xyz_to_rgb)), xyz * white)
-
-
-def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
-    """CIE Lab (D65) → sRGB; ``clip`` limits out-of-gamut colours to [0, 1] (as skimage does)."""
-    linear = lab_to_linear_rgb(lab)
-    if clip:
-        linear = linear.clamp(0, 1)
-    with _exact_float(linear):
-        return linear_to_srgb(linear)
-
-
-def chroma(lab: torch.Tensor) -> torch.Tensor:
-    """Per-pixel chroma ``sqrt(a² + b²)`` of a Lab tensor: ``(..., 3, H, W)`` → ``(..., H, W)``."""
-    return lab[..., 1:, :, :].float().pow(2).sum(dim=-3).sqrt()
-
-
-# -- the quantised ab plane ---------------------------------------------------------------------
 
 def _cube_surface_linear_rgb(samples_per_face_edge: int, samples_per_cube_edge: int) -> torch.Tensor:
     """Linear-RGB samples ``(3, N)`` of the six faces and, denser, the twelve edges of the RGB cube."""
@@ -170,9 +44,9 @@ def _in_gamut_ab_bins_cpu(grid: float, samples_per_face_edge: int, samples_per_c
     # bin that any in-gamut colour reaches. Slivers at the footprint's tips sit on the cube's edges,
     # which get a denser sampling. float64 so that cell edges are decided the same way everywhere.
     linear = _cube_surface_linear_rgb(samples_per_face_edge, samples_per_cube_edge)
-    white = torch.tensor(_WHITE_D65, dtype=torch.float64).view(3, 1)
-    xyz = torch.tensor(_RGB_TO_XYZ, dtype=torch.float64) @ linear / white
-    f = torch.where(xyz > _EPSILON, xyz.clamp(min=_EPSILON) ** (1 / 3), (_KAPPA * xyz + 16) / 116)
+    white = torch.tensor(WHITE_D65, dtype=torch.float64).view(3, 1)
+    xyz = torch.tensor(RGB_TO_XYZ, dtype=torch.float64) @ linear / white
+    f = torch.where(xyz > LAB_EPSILON, xyz.clamp(min=LAB_EPSILON) ** (1 / 3), (LAB_KAPPA * xyz + 16) / 116)
     ab = torch.stack([500 * (f[0] - f[1]), 200 * (f[1] - f[2])], dim=1)
     cells = torch.round(ab / grid).long()  # nearest grid centre = the bin's cell
     # one integer key per cell: a 1-D unique is far faster than a unique over rows
@@ -221,7 +95,7 @@ def nearest_bin(ab: torch.Tensor, centres: torch.Tensor, chunk: int = 65536) -> 
 
     Processed in chunks of ``chunk`` pixels so that the (pixels × Q) distance table stays small.
     """
-    with _exact_float(ab):
+    with exact_float(ab):
         rows, shape = _pixels(ab)
         centres = centres.to(rows)
         indices = [squared_distances(part, centres).argmin(dim=1) for part in rows.split(chunk)]
@@ -313,7 +187,7 @@ def soft_encode(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5, si
                          f"got {neighbours}")
     if sigma <= 0:
         raise ValueError(f"soft-encoding sigma must be > 0, got {sigma}")
-    with _exact_float(ab):
+    with exact_float(ab):
         rows, shape = _pixels(ab)
         centres = centres.to(rows)
         if lattice is None:
@@ -379,7 +253,7 @@ def sparse_soft_cross_entropy(logits: torch.Tensor, indices: torch.Tensor,
     if indices.shape != weights.shape or indices.shape[:-1] != logits.shape[:-1]:
         raise ValueError(f"sparse targets {tuple(indices.shape)} / weights {tuple(weights.shape)} do not match "
                          f"logits {tuple(logits.shape)} (..., Q) with (..., K) targets")
-    with _exact_float(logits):
+    with exact_float(logits):
         loss, argmax = _SparseSoftCrossEntropy.apply(logits.float(), indices, weights.float().detach())
     return loss, argmax
 
@@ -397,7 +271,7 @@ def smooth_distribution(distribution: torch.Tensor, centres: torch.Tensor, sigma
     """
     if sigma <= 0:
         return distribution / distribution.sum()
-    with _exact_float(distribution):
+    with exact_float(distribution):
         centres = centres.to(distribution.device).float()
         kernel = torch.exp(-squared_distances(centres, centres) / (2 * sigma**2))
         smoothed = kernel @ distribution.float()
@@ -428,7 +302,7 @@ def annealed_mean(logits: torch.Tensor, centres: torch.Tensor, temperature: floa
     """
     if temperature <= 0:
         raise ValueError(f"annealed-mean temperature must be > 0, got {temperature}")
-    with _exact_float(logits):
+    with exact_float(logits):
         probabilities = torch.softmax(logits.float() / temperature, dim=dim)
         centres = centres.to(probabilities)
         return torch.einsum("bq...,qc->bc...", probabilities.movedim(dim, 1), centres)

@@ -1,7 +1,7 @@
 """Transfer columns of the table: results of ``python -m pretextlab.evaluate`` on their pretraining row.
 
 An evaluation's ``results.json`` (``"kind": "transfer"``, read and checked like every record by
-:class:`pretextlab.results.ResultsRecord` in :func:`pretextlab.table.collect_results`) names the
+:class:`pretextlab.results.ResultsRecord` in :func:`pretextlab.table.collect.collect_results`) names the
 pretrained backbone it evaluated (``pretrained``: path, run directory, task, backbone, pretraining
 data, seed, and the run's task settings and budget) and the data it was evaluated on (``data``).
 The table puts it on the row of that pretraining, in a column per (evaluation data, protocol):
@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pretextlab.results import TRANSFER_KIND
-
-if TYPE_CHECKING:
-    from pretextlab.table import Column, Row
+from pretextlab.table.collect import Row, pretraining_budget, row_variants, task_rank, variant_identity
+from pretextlab.table.render import Column
 
 KEY_PREFIX = "transfer:"
 
@@ -104,7 +103,7 @@ def _legend(protocol: str, result: dict[str, Any], data: str, size: int | None) 
 
 def pretraining_record(record: dict[str, Any]) -> dict[str, Any]:
     """The pretraining record an evaluation describes, as far as it knows it: identity, the run's task
-    settings and budget (what :func:`pretextlab.table.variant_identity` and ``pretraining_budget`` read)."""
+    settings and budget (what :func:`pretextlab.table.collect.variant_identity` and ``pretraining_budget`` read)."""
     pretrained = _pretrained(record)
     run_config = pretrained.get("run_config")
     return {"status": "ok", "task": pretrained.get("task"), "backbone": pretrained.get("backbone"),
@@ -126,8 +125,6 @@ class _RowFinder:
     """The pretraining row of an evaluation (see the module doc for the order of the rules)."""
 
     def __init__(self, rows: list[Row]) -> None:
-        from pretextlab.table import variant_identity
-
         self.by_dir: dict[str, Row] = {}
         self.by_variant: dict[tuple[Any, ...], Row] = {}
         self.by_identity: dict[tuple[Any, Any, Any], list[Row]] = {}
@@ -142,8 +139,6 @@ class _RowFinder:
             self.by_identity.setdefault((row.task, row.backbone, row.data), []).append(row)
 
     def find(self, record: dict[str, Any]) -> Row | None:
-        from pretextlab.table import variant_identity
-
         pretrained = _pretrained(record)
         run_dir = _resolved(pretrained.get("run_dir"))
         if run_dir is not None and run_dir in self.by_dir:
@@ -157,8 +152,6 @@ class _RowFinder:
 
 def _own_row(record: dict[str, Any]) -> Row:
     """A row for evaluations whose pretraining run is not in the table, labelled as its run would be."""
-    from pretextlab.table import Row, pretraining_budget, row_variants
-
     pretrained = pretraining_record(record)
     known = bool(pretrained["config"])
     return Row(pretrained["task"], pretrained["backbone"], pretrained["data"], records=[],
@@ -173,8 +166,6 @@ def add_transfer_columns(rows: list[Row], columns: list[Column],
     Transfer columns go before the pretext-metric column (after the row's own protocols). Failed
     evaluations are listed in the notes, never averaged.
     """
-    from pretextlab.table import Column, _task_rank, variant_identity
-
     notes: list[str] = []
     by_key: dict[str, dict[str, Any]] = {}  # column key -> {"header", "legend", "csv"}
     finder = _RowFinder(rows)
@@ -229,7 +220,7 @@ def add_transfer_columns(rows: list[Row], columns: list[Column],
             if seeds != row_seeds:
                 parts.append(f"seed{'s' if len(seeds) > 1 else ''} {','.join(seeds)}")
             row.texts[f"{key}:stage"] = ["; ".join(parts)] if parts else []
-    rows.sort(key=lambda row: _task_rank(row.task))  # stable: the rows' own order stays within a task
+    rows.sort(key=lambda row: task_rank(row.task))  # stable: the rows' own order stays within a task
 
     new_columns = [Column(key, spec["header"], spec["csv"], spec["legend"],
                           stage_key=f"{key}:stage") for key, spec in sorted(by_key.items())]

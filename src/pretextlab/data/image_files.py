@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from pretextlab.data.sources import DataError
+from pretextlab.data.sources import DataError, check_bad_image_policy
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-BAD_IMAGE_POLICIES = ("skip", "fail")
 #: Bumped whenever decoding changes what an image becomes, so stale decode caches are not reused.
 DECODE_VERSION = 2
 
@@ -120,8 +119,7 @@ def decode_files(paths: list[Path], image_size: int, on_bad_image: str) -> tuple
     ``on_bad_image="fail"`` raises :class:`DataError` naming the first unreadable file;
     ``"skip"`` leaves such files out, logging each once and the count at the end.
     """
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise DataError(f"data.source.on_bad_image={on_bad_image!r}: choose one of {list(BAD_IMAGE_POLICIES)}")
+    check_bad_image_policy(on_bad_image)
     if not paths:
         raise DataError("no image files to decode")
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL releases the GIL while decoding
