@@ -10,7 +10,9 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import TokenBackbone
+from pretextlab.config import ConfigError, validate_config
 from pretextlab.ops.masks import (
+    MASK_FRACTION_ALLOWED,
     MASK_KINDS,
     central_mask,
     default_border_width,
@@ -19,7 +21,7 @@ from pretextlab.ops.masks import (
     random_block_mask,
     random_region_mask,
 )
-from pretextlab.tasks.base import TaskConfigError
+from pretextlab.tasks.base import TaskConfigError, backbone_problem
 from pretextlab.tasks.inpainting import InpaintingBatch, InpaintingTask
 from pretextlab.train import run
 
@@ -180,6 +182,38 @@ def test_bad_parameters_fail_at_construction() -> None:
         make_task(encoder_stage="layer9")
 
 
+@pytest.mark.parametrize("fraction", [0.0, 1, 1.5, -0.25])
+def test_mask_fraction_has_one_rule_for_config_task_and_masks(make_config, fraction: float) -> None:
+    # The same words wherever the key is checked: config validation (before anything is built, also
+    # for a multitask member), the task's constructor, and the mask functions themselves.
+    expected = f"is not allowed: must be {MASK_FRACTION_ALLOWED}"
+    with pytest.raises(TaskConfigError) as caught:
+        make_task(mask_fraction=fraction)
+    assert str(caught.value) == f"task.mask_fraction={fraction!r} {expected}"
+    for key in ("task.mask_fraction", "task.members.inpainting.task.mask_fraction"):
+        task = "task=multitask" if "members" in key else "task=inpainting"
+        with pytest.raises(ConfigError) as refused:
+            validate_config(make_config([task, f"{key}={fraction}"]))
+        assert f"{key}={fraction!r} {expected}" in refused.value.problems
+    with pytest.raises(ValueError, match=f"fraction={fraction!r} is not allowed"):
+        make_masks("central", 1, 32, 32, fraction)
+    make_task(mask_fraction=0.5)  # inside (0, 1): accepted
+
+
+def test_backbone_requirement_has_one_wording_for_config_and_task(make_config) -> None:
+    cfg = make_config(["task=inpainting", "backbone=vit_tiny"])
+    backbone = instantiate(cfg.backbone)
+    phrase = backbone_problem(InpaintingTask.requires, backbone)
+    assert phrase is not None and "choose backbone=convnet" in phrase
+    assert backbone_problem("any", backbone) is None and backbone_problem(InpaintingTask.requires, make_task().backbone) is None
+    with pytest.raises(TaskConfigError) as caught:
+        InpaintingTask(backbone=backbone)
+    assert str(caught.value) == f"InpaintingTask {phrase}"
+    with pytest.raises(ConfigError) as refused:
+        validate_config(cfg)
+    assert f"backbone=vit is not allowed with task=inpainting: the task {phrase}" in refused.value.problems
+
+
 @pytest.mark.parametrize("backbone", ["convnet", "resnet18"])
 def test_config_composes_with_backbone(make_config, backbone: str) -> None:
     cfg = make_config(["task=inpainting", f"backbone={backbone}", "task.mask=central"])
@@ -191,7 +225,8 @@ def test_config_composes_with_backbone(make_config, backbone: str) -> None:
     assert all(p.grad is not None for p in task.decoder.parameters())
 
 
-def fit_briefly(make_config, overrides: list[str], batches: int = 2) -> tuple[InpaintingTask, InpaintingTask]:
+def fit_briefly(make_config, overrides: list[str], batches: int = 2,
+                callbacks: list[L.Callback] | None = None) -> tuple[InpaintingTask, InpaintingTask]:
     """Train a tiny task for a couple of batches; return it and a copy taken before training."""
     cfg = make_config(["task=inpainting", *overrides])
     L.seed_everything(0)
@@ -200,7 +235,8 @@ def fit_briefly(make_config, overrides: list[str], batches: int = 2) -> tuple[In
                        mean=datamodule.mean, std=datamodule.std, image_size=datamodule.image_size)
     before = copy.deepcopy(task)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=callbacks)
     trainer.fit(task, datamodule=datamodule)
     return task, before
 
@@ -228,10 +264,97 @@ def test_both_optimisers_step(make_config) -> None:
 def test_adversarial_off_trains_without_a_discriminator(make_config) -> None:
     task, before = fit_briefly(make_config, ["task.adversarial=false"])
     assert task.discriminator is None
+    assert task.extra_optimizers() == [] and task.automatic_optimization  # the base task's plain loop
     assert not isinstance(task.optimizers(), list)  # one optimiser
     assert changed(task.backbone, before.backbone) and changed(task.decoder, before.decoder)
     output = task.pretext_step(torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
     assert set(output.terms) == {"reconstruction"} and output.loss is output.terms["reconstruction"]
+
+
+class BatchRecorder(L.Callback):
+    """Each training batch as the step sees it (augmented, on the device) and the RNG state before it."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
+        images, labels = batch
+        self.batches.append((images.clone(), labels.clone(), torch.get_rng_state()))
+
+
+@pytest.mark.parametrize("adversarial", [True, False])
+def test_training_follows_the_explicit_algorithm(make_config, adversarial: bool) -> None:
+    # The context encoder's loop written out by hand: per batch, one step of task.optimizer (and its
+    # scheduler) on the generator + probe loss with the discriminator frozen, then one Adam step of the
+    # discriminator with the generator frozen (without a discriminator: the first step alone, as for
+    # any task). The trained weights and BN statistics must be exactly those. (This test passed
+    # unchanged against the task's own manual loop before the base task took the loop over.)
+    batches = 3
+    recorder = BatchRecorder()
+    overrides = [f"task.adversarial={str(adversarial).lower()}"]
+    cfg = make_config(["task=inpainting", *overrides])
+    task, reference = fit_briefly(make_config, overrides, batches=batches, callbacks=[recorder])
+    assert len(recorder.batches) == batches
+    assert task.automatic_optimization is not adversarial
+
+    discriminator_params = list(reference.discriminator.parameters()) if adversarial else []
+    probe_params = list(reference.probe.parameters())
+    held_apart = set(discriminator_params) | set(probe_params)
+    generator_params = [p for p in reference.parameters() if p not in held_apart]
+    generator_optimizer = instantiate(cfg.task.optimizer)([
+        {"params": generator_params},
+        {"params": probe_params, "lr": cfg.task.probe_lr, "weight_decay": 0.0}])
+    scheduler = instantiate(cfg.task.scheduler)(generator_optimizer, total_steps=batches)
+    discriminator_optimizer = torch.optim.Adam(discriminator_params, lr=cfg.task.discriminator_lr,
+                                               betas=(cfg.task.discriminator_beta1, 0.999)) if adversarial else None
+    reference.train()
+    for images, labels, rng_state in recorder.batches:
+        torch.set_rng_state(rng_state)  # the same masks
+        for p in discriminator_params:
+            p.requires_grad_(False)
+        generated = reference.generate(images)
+        output = reference.generator_losses(generated)
+        labelled = labels >= 0
+        probe_logits = reference.probe(output.pretext_features.detach().float())
+        assert labelled.any()  # the synthetic scenes are labelled
+        probe_loss = torch.nn.functional.cross_entropy(probe_logits[labelled], labels[labelled])
+        generator_optimizer.zero_grad()
+        (output.loss + probe_loss).backward()
+        generator_optimizer.step()
+        scheduler.step()
+        if discriminator_optimizer is None:
+            continue
+        for p in discriminator_params:
+            p.requires_grad_(True)
+        for p in generator_params:
+            p.requires_grad_(False)
+        discriminator_loss = reference.discriminator_loss(generated)
+        discriminator_optimizer.zero_grad()
+        discriminator_loss.backward()
+        discriminator_optimizer.step()
+        for p in generator_params:
+            p.requires_grad_(True)
+
+    trained, expected = task.state_dict(), reference.state_dict()
+    assert trained.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(trained[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("rule", ["linear", "sqrt"])
+def test_lr_scaling_applies_to_the_generator_and_the_discriminator(make_config, rule: str) -> None:
+    overrides = [f"task.lr_scaling={rule}", "task.base_batch_size=256"]
+    cfg = make_config(["task=inpainting", *overrides])
+    assert cfg.data.batch_size != cfg.task.base_batch_size  # one process: the global batch is data.batch_size
+    ratio = cfg.data.batch_size / cfg.task.base_batch_size
+    factor = ratio if rule == "linear" else ratio**0.5
+    task, _ = fit_briefly(make_config, overrides, batches=1)
+    generator_optimizer, discriminator_optimizer = task.optimizers()
+    # The generator's scheduler starts from the scaled lrs (its base_lrs); the discriminator has none.
+    generator_scheduler = task.lr_schedulers()
+    assert generator_scheduler.optimizer is generator_optimizer.optimizer
+    assert generator_scheduler.base_lrs == pytest.approx([cfg.task.optimizer.lr * factor, cfg.task.probe_lr * factor])
+    assert discriminator_optimizer.param_groups[0]["lr"] == pytest.approx(cfg.task.discriminator_lr * factor)
 
 
 def test_short_run_beats_the_mean_prediction(make_config) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pretextlab.ops.masks import MASK_FRACTION_ALLOWED, is_mask_fraction
 from pretextlab.paths import config_dir, searchpath_override
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
@@ -271,7 +272,7 @@ RULES: tuple[Rule, ...] = (
     Rule("task.**.betas", list_of(number(0, 1, high_open=True), length=2)),
     Rule("task.**.warmup_fraction", number(0, 1, high_open=True)),
     Rule("task.**.mask_ratio", OPEN_FRACTION),
-    Rule("task.**.mask_fraction", OPEN_FRACTION),
+    Rule("task.**.mask_fraction", Accepts(is_mask_fraction, MASK_FRACTION_ALLOWED)),  # worded by ops.masks
     Rule("task.**.*_fraction", PROBABILITY),
     Rule("task.grid", integer(2)),
     Rule("task.num_permutations", integer(1)),
@@ -544,16 +545,12 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
     backbone, backbone_problems = _backbone_problems(cfg, image_size)
     problems += backbone_problems
     if backbone is not None:
-        requires = getattr(task_class, "requires", "any")
-        kind = "convolutional" if backbone.is_convolutional else "transformer"
-        if (requires == "convnet" and not backbone.is_convolutional) or (
-                requires == "transformer" and backbone.is_convolutional):
-            wanted = "a convolutional backbone (convnet, resnet18, resnet50)" if requires == "convnet" \
-                else "a transformer backbone (vit_tiny, vit_small)"
-            problems.append(
-                f"backbone={cfg.backbone.get('name')} is not allowed with task={cfg.task.get('name')}: "
-                f"the task needs {wanted}, this backbone is {kind}"
-            )
+        from pretextlab.tasks.base import backbone_problem
+
+        requirement = backbone_problem(getattr(task_class, "requires", "any"), backbone)
+        if requirement is not None:
+            problems.append(f"backbone={cfg.backbone.get('name')} is not allowed with "
+                            f"task={cfg.task.get('name')}: the task {requirement}")
         stages = _value(cfg, "eval.stages")
         names = list(backbone.stage_names)
         wanted_stages = [stages] if isinstance(stages, str) and stages not in ("all", "last") else (

@@ -28,9 +28,19 @@ MASK_KINDS = ("central", "random_blocks", "random_regions")
 _BLOCKS_PER_CHUNK = 48
 
 
-def _check_fraction(fraction: float) -> None:
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"mask fraction must lie strictly between 0 and 1, got {fraction}")
+#: What a mask fraction may be, in words: config validation and the inpainting task quote it.
+MASK_FRACTION_ALLOWED = "a number in (0, 1), strictly between 0 and 1 (the share of the image hidden; the paper's 0.25)"
+
+
+def is_mask_fraction(value: object) -> bool:
+    """Whether ``value`` can be a share of the image to hide: a number strictly between 0 and 1."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value < 1.0
+
+
+def check_mask_fraction(fraction: object, key: str = "fraction") -> None:
+    """The one check of a mask fraction; ``key`` names it in the message (``task.mask_fraction``)."""
+    if not is_mask_fraction(fraction):
+        raise ValueError(f"{key}={fraction!r} is not allowed: must be {MASK_FRACTION_ALLOWED}")
 
 
 def central_mask(
@@ -41,7 +51,7 @@ def central_mask(
     Coverage differs from ``fraction`` only by rounding the side to whole pixels: exactly ¼ at
     32, 64, 96 and 128 px for the default ¼.
     """
-    _check_fraction(fraction)
+    check_mask_fraction(fraction)
     side = min(height, width, max(1, round(math.sqrt(fraction * height * width))))
     top, left = (height - side) // 2, (width - side) // 2
     mask = torch.zeros(batch, 1, height, width, dtype=torch.bool, device=device)
@@ -66,7 +76,7 @@ def random_block_mask(
     (unless all candidates together cover less, which the candidate count makes vanishingly rare).
     ``block_size`` defaults to ``max(1, round(min(H, W) / 5))``: 6 px blocks at 32 px.
     """
-    _check_fraction(fraction)
+    check_mask_fraction(fraction)
     if block_size is None:
         block_size = max(1, round(min(height, width) / 5))
     if not 1 <= block_size <= min(height, width):
@@ -126,7 +136,7 @@ def random_region_mask(
     Larger ``smoothness`` gives fewer, larger blobs; the default ``max(2, round(min(H, W) / 8))``
     (4 px at 32 px) keeps the blobs' look the same at every image size.
     """
-    _check_fraction(fraction)
+    check_mask_fraction(fraction)
     if smoothness is None:
         smoothness = max(2, round(min(height, width) / 8))
     if smoothness < 1:

@@ -6,6 +6,9 @@ A task subclass provides only what is specific to it:
 - optionally :meth:`PretextTask.backbone_input` (how clean images enter the backbone),
   :meth:`PretextTask.visualize` (its image panel) and :meth:`PretextTask.content_free_images`
   (inputs without content, for the shortcut audit);
+- optionally :meth:`PretextTask.extra_optimizers`: optimisers it trains beside the main one (a GAN's
+  discriminator), each with the loss of its own step; the base class still runs the loop and
+  applies the lr rule (``task.lr_scaling``) to every optimiser;
 - the class attributes ``chance_accuracy`` / ``pretrains`` / ``requires``.
 """
 
@@ -54,6 +57,31 @@ class PretextOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     clean_features: torch.Tensor | None = None
     pretext_features: torch.Tensor | None = None
+    #: What the losses of the task's extra optimisers read from this pass (inpainting: its generator
+    #: batch), so that their steps reuse it instead of running the pretext step again.
+    extra_step_input: Any = None
+
+
+@dataclass(frozen=True)
+class ExtraOptimizer:
+    """An optimiser a task trains beside the main one, stepped after it on every training batch.
+
+    ``parameters`` stay out of the main optimiser's groups. ``build`` makes the optimiser from a
+    list of parameter groups at its configured lr, the way ``task.optimizer`` (a ``_partial_``) is
+    called; the base task then scales its lr by ``task.lr_scaling`` exactly like the main one's.
+    ``scheduler``, when set, is built like ``task.scheduler`` (with ``total_steps``) and stepped after
+    each step of this optimiser. ``loss`` is what the optimiser minimises, computed from the batch's
+    :class:`PretextOutput` after the main step (``extra_step_input`` carries what it needs), with every
+    other parameter frozen. ``switched_off_by`` is the task setting that removes this optimiser
+    (``adversarial=false``): error messages name it as the fix.
+    """
+
+    name: str
+    parameters: list[nn.Parameter]
+    build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+    loss: Callable[[PretextOutput], torch.Tensor]
+    switched_off_by: str
+    scheduler: Callable[..., Any] | None = None
 
 
 #: Where the online probe takes its features from (``task.online_probe_features``).
@@ -147,19 +175,30 @@ class PretextTask(L.LightningModule):
         """
         return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).contiguous()
 
+    def extra_optimizers(self) -> list[ExtraOptimizer]:
+        """Optimisers this task trains beside ``task.optimizer`` (default: none).
+
+        With none, Lightning's automatic optimisation runs :meth:`training_step`'s loss; with some,
+        :meth:`training_step` steps the main optimiser and then each of these in turn.
+        """
+        return []
+
     # -- shared machinery -----------------------------------------------------------------------
+    @property
+    def automatic_optimization(self) -> bool:
+        """Decided by :meth:`extra_optimizers`: several optimisers are stepped by :meth:`training_step`."""
+        return not self.extra_optimizers()
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        raise AttributeError(f"{type(self).__name__}.automatic_optimization follows extra_optimizers(); "
+                             "declare the extra optimisers there instead of setting it")
+
     def _check_backbone(self, backbone: Backbone, in_channels: int) -> None:
         name = type(self).__name__
-        if self.requires == "convnet" and not backbone.is_convolutional:
-            raise TaskConfigError(
-                f"{name} needs a convolutional backbone (spatial feature maps), got {type(backbone).__name__}; "
-                "choose backbone=convnet, resnet18 or resnet50"
-            )
-        if self.requires == "transformer" and backbone.is_convolutional:
-            raise TaskConfigError(
-                f"{name} needs a transformer backbone (patch tokens), got {type(backbone).__name__}; "
-                "choose backbone=vit_tiny (or another vit_*)"
-            )
+        problem = backbone_problem(self.requires, backbone)
+        if problem is not None:
+            raise TaskConfigError(f"{name} {problem}")
         if backbone.in_channels != in_channels:
             raise TaskConfigError(
                 f"{name} feeds {in_channels}-channel inputs but the backbone was built for "
@@ -227,11 +266,52 @@ class PretextTask(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        if self.automatic_optimization:
+            output, probe_loss = self._training_losses(images, labels)
+            return output.loss + probe_loss
+        return self._step_every_optimizer(images, labels)
+
+    def _training_losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[PretextOutput, torch.Tensor]:
+        """The pretext step's output (checked and logged) and the online probe's loss."""
         output = self.pretext_step(images, labels)
         self._check_finite(output)
         self._log_pretext(output, "train", len(images))
-        probe_loss = self._probe_loss(output, images, labels, "train")
-        return output.loss + probe_loss
+        return output, self._probe_loss(output, images, labels, "train")
+
+    def _step_every_optimizer(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Manual optimisation: the main optimiser on pretext + probe loss, then each extra optimiser.
+
+        Each step freezes the parameters of the other optimisers (``toggle_optimizer``), so the
+        main pass leaves no gradients on, e.g., the discriminator, and an extra step none on the
+        backbone. Schedulers are stepped right after their own optimiser.
+        """
+        optimizers = self.optimizers()
+        main, *others = optimizers if isinstance(optimizers, list) else [optimizers]
+        self.toggle_optimizer(main)
+        output, probe_loss = self._training_losses(images, labels)
+        main.zero_grad()
+        self.manual_backward(output.loss + probe_loss)
+        main.step()
+        self.untoggle_optimizer(main)
+        self._step_schedulers_of(main)
+        for extra, optimizer in zip(self.extra_optimizers(), others, strict=True):
+            self.toggle_optimizer(optimizer)
+            loss = extra.loss(output)
+            self._check_finite(PretextOutput(loss=output.loss.detach(), terms={extra.name: loss}))
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self.untoggle_optimizer(optimizer)
+            self._step_schedulers_of(optimizer)
+            self.log(f"pretext/train_loss_{extra.name}", loss.detach(), on_step=True, on_epoch=True,
+                     batch_size=len(images))
+        return output.loss.detach()
+
+    def _step_schedulers_of(self, optimizer: Any) -> None:
+        wrapped = getattr(optimizer, "optimizer", optimizer)  # Lightning hands out LightningOptimizer wrappers
+        for config in self.trainer.lr_scheduler_configs:
+            if config.scheduler.optimizer is wrapped:
+                config.scheduler.step()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -253,9 +333,11 @@ class PretextTask(L.LightningModule):
                       prog_bar=False, sync_dist=stage == "val")
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Task parameters (backbone + heads) in one group, the probe in its own (no weight decay)."""
+        """The main optimiser's groups: task parameters (backbone + heads) in one, the probe in its own
+        (no weight decay). The parameters of :meth:`extra_optimizers` belong to those alone."""
         probe_params = set(self.probe.parameters()) if self.online_probe else set()
-        task_params = [p for p in self.parameters() if p.requires_grad and p not in probe_params]
+        held_apart = probe_params | {p for extra in self.extra_optimizers() for p in extra.parameters}
+        task_params = [p for p in self.parameters() if p.requires_grad and p not in held_apart]
         groups: list[dict[str, Any]] = [{"params": task_params, "name": "task"}]
         if self.online_probe:
             groups.append({"params": list(probe_params), "lr": self.probe_lr, "weight_decay": 0.0, "name": "probe"})
@@ -315,20 +397,52 @@ class PretextTask(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * factor
 
+    def _build_optimizer(self, factory: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
+                         groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """Every optimiser of a task is made here, so the lr rule applies to each (before any scheduler)."""
+        optimizer = factory(groups)
+        self.scale_learning_rates(optimizer)
+        return optimizer
+
+    def _scheduler_config(self, factory: Callable[..., Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        scheduler = factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"scheduler": scheduler, "interval": "step"}
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise TaskConfigError(f"{type(self).__name__} has no optimizer; set task.optimizer")
-        optimizer = self.optimizer_factory(self.parameter_groups())
-        self.scale_learning_rates(optimizer)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = self._build_optimizer(self.optimizer_factory, self.parameter_groups())
+        schedulers = [] if self.scheduler_factory is None else [self._scheduler_config(self.scheduler_factory, optimizer)]
+        extras = self.extra_optimizers()
+        if not extras:
+            return optimizer if not schedulers else {"optimizer": optimizer, "lr_scheduler": schedulers[0]}
+        optimizers = [optimizer]
+        for extra in extras:
+            extra_optimizer = self._build_optimizer(extra.build, [{"params": extra.parameters, "name": extra.name}])
+            optimizers.append(extra_optimizer)
+            if extra.scheduler is not None:
+                schedulers.append(self._scheduler_config(extra.scheduler, extra_optimizer))
+        return (optimizers, schedulers) if schedulers else optimizers
 
 
 def _numpy_state_to_plain(state: Any) -> tuple[Any, ...]:
     kind, keys, position, has_gauss, cached = state
     return (str(kind), torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
+
+
+def backbone_problem(requires: str, backbone: Backbone) -> str | None:
+    """Why ``backbone`` cannot serve a task whose ``requires`` is given, or None when it can.
+
+    The one check of a task's ``requires`` (the task's constructor and config validation both ask
+    it): a phrase to follow the task's name, ending with the fix.
+    """
+    if requires == "convnet" and not backbone.is_convolutional:
+        return (f"needs a convolutional backbone (spatial feature maps), got {type(backbone).__name__}; "
+                "choose backbone=convnet, resnet18 or resnet50")
+    if requires == "transformer" and backbone.is_convolutional:
+        return (f"needs a transformer backbone (patch tokens), got {type(backbone).__name__}; "
+                "choose backbone=vit_tiny (or another vit_*)")
+    return None
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, cast
@@ -9,8 +10,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from pretextlab.ops.masks import MASK_KINDS, default_border_width, make_masks, overlap_border
-from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError
+from pretextlab.ops.masks import MASK_KINDS, check_mask_fraction, default_border_width, make_masks, overlap_border
+from pretextlab.tasks.base import ExtraOptimizer, PretextOutput, PretextTask, TaskConfigError
 
 
 @dataclass
@@ -111,10 +112,11 @@ class InpaintingTask(PretextTask):
     Generator loss = ``reconstruction_weight`` · L2 + ``adversarial_weight`` · non-saturating GAN
     loss of :class:`InpaintingDiscriminator` on the filled image (0.999 / 0.001 as in the paper);
     ``adversarial: false`` leaves the L2 term alone (unweighted). The L2 term is the weighted
-    mean ``Σ w·(prediction − target)² / Σ w`` over the hole and the border. Both optimisers step
-    in :meth:`training_step` (Lightning manual optimisation): the generator's comes from
-    ``task.optimizer`` (backbone + decoder + probe groups), the discriminator's is Adam with
-    ``discriminator_lr`` and β1 = ``discriminator_beta1`` (2e-4 and 0.5 in the paper).
+    mean ``Σ w·(prediction − target)² / Σ w`` over the hole and the border. The base task's loop
+    steps both optimisers on every batch: first the generator's, ``task.optimizer`` (backbone +
+    decoder + probe groups), then the discriminator's, declared in :meth:`extra_optimizers`: Adam
+    with ``discriminator_lr`` and β1 = ``discriminator_beta1`` (2e-4 and 0.5 in the paper). Both lrs
+    follow ``task.lr_scaling``.
 
     Metrics: ``masked_mse`` (plain MSE on the hole, normalised space), ``baseline_mse`` (the same
     for predicting the dataset mean, i.e. 0) and ``relative_mse`` (their ratio; < 1 beats the mean).
@@ -140,11 +142,12 @@ class InpaintingTask(PretextTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.automatic_optimization = False  # two optimisers, stepped in training_step
         if mask not in MASK_KINDS:
             raise TaskConfigError(f"task.mask={mask!r} is unknown; choose one of {list(MASK_KINDS)}")
-        if not 0.0 < mask_fraction < 1.0:
-            raise TaskConfigError(f"task.mask_fraction={mask_fraction} must lie strictly between 0 and 1 (paper: 0.25)")
+        try:
+            check_mask_fraction(mask_fraction, key="task.mask_fraction")
+        except ValueError as error:
+            raise TaskConfigError(str(error)) from None
         if border_width is not None and border_width < 0:
             raise TaskConfigError(f"task.border_width={border_width} must be >= 0 or null (scaled from 4 px at 128 px)")
         if border_weight < 0 or reconstruction_weight <= 0 or adversarial_weight < 0:
@@ -227,8 +230,11 @@ class InpaintingTask(PretextTask):
         return PretextOutput(loss=loss, metrics=metrics, terms=terms, pretext_features=pretext_features)
 
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
-        """Generator losses without any optimiser step (what validation uses)."""
-        return self.generator_losses(self.generate(images))
+        """Generator losses; the generator batch rides along for the discriminator's step."""
+        generated = self.generate(images)
+        output = self.generator_losses(generated)
+        output.extra_step_input = generated
+        return output
 
     def discriminator_loss(self, batch: InpaintingBatch) -> torch.Tensor:
         """BCE of the discriminator on real (1) and filled (0) images, the generator detached."""
@@ -238,63 +244,21 @@ class InpaintingTask(PretextTask):
         bce = nn.functional.binary_cross_entropy_with_logits
         return 0.5 * (bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits)))
 
+    def _discriminator_step_loss(self, output: PretextOutput) -> torch.Tensor:
+        return self.discriminator_loss(cast(InpaintingBatch, output.extra_step_input))
+
     # -- optimisation ----------------------------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, labels = batch
-        optimizers = self.optimizers()
-        optimizer_list = optimizers if isinstance(optimizers, list) else [optimizers]
-        generator_optimizer = optimizer_list[0]
-
-        # Toggling first freezes the discriminator during the generator pass: no gradients for it.
-        self.toggle_optimizer(generator_optimizer)
-        generated = self.generate(images)
-        output = self.generator_losses(generated)
-        self._check_finite(output)
-        self._log_pretext(output, "train", len(images))
-        probe_loss = self._probe_loss(output, images, labels, "train")
-        generator_optimizer.zero_grad()
-        self.manual_backward(output.loss + probe_loss)
-        generator_optimizer.step()
-        self.untoggle_optimizer(generator_optimizer)
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if scheduler is not None:
-                scheduler.step()
-
-        if self.discriminator is not None:
-            discriminator_optimizer = optimizer_list[1]
-            self.toggle_optimizer(discriminator_optimizer)
-            discriminator_loss = self.discriminator_loss(generated)
-            self._check_finite(PretextOutput(loss=output.loss.detach(), terms={"discriminator": discriminator_loss}))
-            discriminator_optimizer.zero_grad()
-            self.manual_backward(discriminator_loss)
-            discriminator_optimizer.step()
-            self.untoggle_optimizer(discriminator_optimizer)
-            self.log("pretext/train_loss_discriminator", discriminator_loss.detach(), on_step=True, on_epoch=True,
-                     batch_size=len(images))
-        return output.loss.detach()
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The base groups (backbone + decoder, probe) without the discriminator's parameters."""
-        groups = super().parameter_groups()
+    def extra_optimizers(self) -> list[ExtraOptimizer]:
+        """The discriminator's Adam (none with ``adversarial: false``: the task is then a plain one)."""
         if self.discriminator is None:
-            return groups
-        discriminator_params = set(self.discriminator.parameters())
-        for group in groups:
-            group["params"] = [p for p in group["params"] if p not in discriminator_params]
-        return groups
-
-    def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise TaskConfigError(f"{type(self).__name__} has no optimizer; set task.optimizer")
-        optimizers = [self.optimizer_factory(self.parameter_groups())]
-        if self.discriminator is not None:
-            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=self.discriminator_lr,
-                                               betas=(self.discriminator_beta1, 0.999)))
-        if self.scheduler_factory is None:
-            return optimizers
-        scheduler = self.scheduler_factory(optimizers[0], total_steps=self.trainer.estimated_stepping_batches)
-        return optimizers, [{"scheduler": scheduler, "interval": "step"}]
+            return []
+        return [ExtraOptimizer(
+            name="discriminator",
+            parameters=list(self.discriminator.parameters()),
+            build=functools.partial(torch.optim.Adam, lr=self.discriminator_lr, betas=(self.discriminator_beta1, 0.999)),
+            loss=self._discriminator_step_loss,
+            switched_off_by="adversarial=false",
+        )]
 
     # -- panel -----------------------------------------------------------------------------------
     def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

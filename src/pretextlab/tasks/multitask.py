@@ -48,8 +48,9 @@ class MultiTask(PretextTask):
 
     Members must take the same input form: the same ``in_channels`` (so colorization, which feeds
     the L channel only, cannot join RGB tasks) and a backbone they accept (jigsaw needs a convnet).
-    Members that run their own optimisation loop are refused, except inpainting with
-    ``adversarial: false``, whose training step is then exactly its ``pretext_step``.
+    Members that train optimisers of their own (:meth:`PretextTask.extra_optimizers`, e.g.
+    inpainting's discriminator) are refused, with the member setting that removes them
+    (``adversarial: false``); without them a member's training step is exactly its ``pretext_step``.
 
     Logged per member ``m``: its metrics as ``<m>_<metric>`` (e.g. ``rotation_acc``) and its
     unweighted loss as the loss term ``<m>`` (``pretext/train_loss_<m>``); every term is checked
@@ -139,15 +140,14 @@ class MultiTask(PretextTask):
             raise TaskConfigError(
                 f"multitask member {name!r} cannot share this backbone: {error}; {remove_hint}"
             ) from error
-        if not member.automatic_optimization:
-            if getattr(member, "adversarial", None) is False:
-                member.automatic_optimization = True  # no discriminator: its step is its pretext_step
-            else:
-                raise TaskConfigError(
-                    f"multitask member {name!r} ({type(member).__name__}) runs its own optimisation loop "
-                    "(e.g. an adversarial discriminator), which a shared optimiser cannot drive; set "
-                    f"task.members.{name}.task.adversarial=false or {remove_hint}"
-                )
+        extras = member.extra_optimizers()
+        if extras:
+            owned = ", ".join(extra.name for extra in extras)
+            switches = " and ".join(f"task.members.{name}.task.{extra.switched_off_by}" for extra in extras)
+            raise TaskConfigError(
+                f"multitask member {name!r} ({type(member).__name__}) trains an optimiser of its own ({owned}), "
+                f"which a shared optimiser cannot drive; set {switches} or {remove_hint}"
+            )
         # The backbone is registered once, on this module: the member keeps a plain reference, so
         # the state dict and the optimiser see every backbone weight exactly once.
         del member._modules["backbone"]
