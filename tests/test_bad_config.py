@@ -204,6 +204,6 @@ def test_command_line_typos_hydra_sees_or_nothing_reads_end_in_one_line_and_exit
 
 
 def test_extra_notes_are_accepted_and_recorded(make_config):
-    from pretextlab.config import validate_config
+    from pretextlab.validation import validate_config
 
     validate_config(make_config(["+extra.notes=baseline"]))

@@ -128,7 +128,7 @@ def test_a_full_disk_under_the_decode_cache_costs_a_warning(tmp_path, monkeypatc
     ("--multirun", "--multirun"),
 ])
 def test_scrub_override(override, expected):
-    from pretextlab.config import scrub_override
+    from pretextlab.redaction import scrub_override
 
     assert scrub_override(override) == expected
 

@@ -10,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import TokenBackbone
-from pretextlab.config import ConfigError, validate_config
+from pretextlab.config import ConfigError
+from pretextlab.validation import validate_config
 from pretextlab.ops.masks import (
     MASK_FRACTION_ALLOWED,
     MASK_KINDS,

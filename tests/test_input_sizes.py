@@ -8,7 +8,8 @@ import torch
 from hydra.utils import instantiate
 
 from pretextlab.backbones import build_backbone
-from pretextlab.config import ConfigError, validate_config
+from pretextlab.config import ConfigError
+from pretextlab.validation import validate_config
 
 BACKBONES = [
     {"name": "convnet"},

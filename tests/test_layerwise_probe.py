@@ -10,7 +10,8 @@ import torch
 
 from pretextlab.backbones import build_backbone
 from pretextlab.backbones.pooling import PoolingError, StagePooling, grid_for_dim
-from pretextlab.config import ConfigError, validate_config
+from pretextlab.config import ConfigError
+from pretextlab.validation import validate_config
 from pretextlab.evaluation import FineTune, RotNetClassifiers, evaluate
 from pretextlab.evaluation.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from pretextlab.evaluation.linear import LinearProbe

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from pretextlab.config import validate_config
+from pretextlab.validation import validate_config
 from pretextlab.paths import config_dir
 from tests.conftest import REPO_ROOT
 

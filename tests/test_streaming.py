@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
-from pretextlab.config import ConfigError, validate_config
+from pretextlab.config import ConfigError
+from pretextlab.validation import validate_config
 from pretextlab.data import DataError, PretextDataModule, StreamingFolderSource
 from pretextlab.data.streaming import CropPolicy, StreamingDataset, collate_images, decode_on_device
 from pretextlab.ops.patches import PatchLayout

@@ -3,7 +3,7 @@ import torch
 from hydra.utils import instantiate
 
 from pretextlab.backbones import available_backbones, build_backbone
-from pretextlab.config import validate_config
+from pretextlab.validation import validate_config
 
 
 def tiny_vit(**overrides):

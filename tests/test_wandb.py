@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pretextlab import loggers as loggers_module
-from pretextlab.config import REDACTED
+from pretextlab.redaction import REDACTED
 from pretextlab.tasks import RotationTask
 from pretextlab.train import run
 

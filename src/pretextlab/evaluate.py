@@ -51,7 +51,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pretextlab.config import ConfigError, redact
+from pretextlab.config import ConfigError
+from pretextlab.redaction import redact
 from pretextlab.export import DEFAULT_INPUT_KIND, INPUT_KINDS, ExportError
 from pretextlab.paths import config_dir
 from pretextlab.provenance import provenance
@@ -351,9 +352,9 @@ def compose_evaluate(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 
 def validate_evaluate_config(cfg: DictConfig) -> None:
-    """The rules of :mod:`pretextlab.config` that apply (data.*, eval.*, seed, overwrite), plus this
+    """The rules of :mod:`pretextlab.validation` that apply (data.*, eval.*, seed, overwrite), plus this
     entry's own keys; ConfigError listing every problem (first line: the first problem)."""
-    from pretextlab.config import _check_rules, _output_problems, _unknown_keys
+    from pretextlab.validation import _check_rules, _output_problems, _unknown_keys
 
     if OmegaConf.is_missing(cfg, "pretrained") or not str(cfg.get("pretrained") or "").strip():
         raise ConfigError("no pretrained backbone given: python -m pretextlab.evaluate <run dir | export dir> "
@@ -483,7 +484,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any], pretrained:
 
     from pretextlab.evaluation.runner import evaluate, stage_pooling
     from pretextlab.io import atomic_write_json
-    from pretextlab.tasks.base import EvaluationEncoder
+    from pretextlab.evaluation.encoder import EvaluationEncoder
 
     log.info("evaluating %s in %s (pid %d)", pretrained.info["path"], run_dir, os.getpid())
     run_dir.mkdir(parents=True, exist_ok=True)

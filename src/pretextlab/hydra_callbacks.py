@@ -13,7 +13,7 @@ calls the task function, so two things cannot be done from ``pretextlab.train`` 
   writing them, rewrites those files with :func:`scrub_hydra_files`.
 
 Nothing here runs when a config is composed outside Hydra's app (tests, notebooks): there
-:func:`pretextlab.config.validate_config` checks the output directory, and no ``.hydra/`` exists.
+:func:`pretextlab.validation.validate_config` checks the output directory, and no ``.hydra/`` exists.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pretextlab.config import REDACTED, is_secret_key, output_dir_problem, redact, scrub, scrub_override
+from pretextlab.redaction import REDACTED, is_secret_key, redact, scrub, scrub_override
+from pretextlab.validation import output_dir_problem
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _rewrite_yaml(path: Path, clean: Any) -> None:
 def scrub_hydra_files(hydra_dir: Path | None, sweep_dir: Path | None = None) -> list[Path]:
     """Rewrite the YAML files Hydra wrote for a job so that they hold no credential; returns those changed.
 
-    - ``config.yaml`` (the composed config, interpolations unresolved): :func:`~pretextlab.config.scrub`,
+    - ``config.yaml`` (the composed config, interpolations unresolved): :func:`~pretextlab.redaction.scrub`,
       so every value under a credential-like key (``api_key``, ``*token*``, ``*secret*``, ``*password*``)
       becomes ``<redacted>``, and any value of a credential-like environment variable as well.
     - ``overrides.yaml`` and the override lists and ``job.override_dirname`` in ``hydra.yaml``:

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from pretextlab.config import redact
+from pretextlab.redaction import redact
 
 COMPOSITION_ERRORS: tuple[type[BaseException], ...] = (
     ConfigCompositionException, MissingConfigException, OverrideParseException,

@@ -29,7 +29,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from pretextlab.config import redact, scrub, scrub_override
+from pretextlab.redaction import redact, scrub, scrub_override
 from pretextlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _finish_wandb(logger: Any, exit_code: int) -> None:
 class WandbLogger(LightningWandbLogger):
     """Lightning's ``WandbLogger`` that never hands W&B a credential.
 
-    Its config is scrubbed (:func:`~pretextlab.config.scrub`), and so are the command-line
+    Its config is scrubbed (:func:`~pretextlab.redaction.scrub`), and so are the command-line
     arguments W&B records with the run (its ``environment`` record, ``wandb-metadata.json`` once
     synced): a ``+extra.api_token=...`` override reaches W&B as ``+extra.api_token=<redacted>``.
 

@@ -43,7 +43,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pretextlab.config import scrub
+from pretextlab.redaction import scrub
 from pretextlab.io import atomic_write_text
 
 log = logging.getLogger("pretextlab.train")

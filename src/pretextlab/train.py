@@ -31,7 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from pretextlab import distributed
 from pretextlab.backbones.base import Backbone
 from pretextlab.checkpoints import AtomicCheckpointIO, resume_plan
-from pretextlab.config import ConfigError, redact, scrub, validate_config
+from pretextlab.config import ConfigError
+from pretextlab.redaction import redact, scrub
+from pretextlab.validation import validate_config
 from pretextlab.paths import config_dir
 from pretextlab.provenance import provenance
 from pretextlab.evaluation.runner import evaluate, stage_pooling

@@ -87,7 +87,7 @@ class Backbone(nn.Module):
         timm's ``pretrained_cfg["min_input_size"]`` as one number: a task that feeds the backbone
         tiles or patches (jigsaw, context) is checked against it before training starts, instead of
         failing mid-epoch inside a pooling layer. ``None``: the backbone does not say, and
-        :mod:`pretextlab.config` probes it with shape-only (``meta``) tensors.
+        :mod:`pretextlab.validation` probes it with shape-only (``meta``) tensors.
         """
         return None
 

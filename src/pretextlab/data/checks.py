@@ -1,4 +1,4 @@
-"""Config checks of a streamed image folder, run by :func:`pretextlab.config.validate_config`.
+"""Config checks of a streamed image folder, run by :func:`pretextlab.validation.validate_config`.
 
 They catch, before any pretraining, what would otherwise fail only at evaluation hours later.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretextlab.config import redact
+from pretextlab.redaction import redact
 from pretextlab.export.format import ExportError, description_path, load_backbone, read_metadata, resolve_paths
 from pretextlab.export.run import export_backbone
 

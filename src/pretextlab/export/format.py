@@ -22,7 +22,7 @@ import torch
 
 from pretextlab.backbones import available_backbones, build_backbone
 from pretextlab.backbones.base import Backbone
-from pretextlab.config import redact
+from pretextlab.redaction import redact
 from pretextlab.export.stage import StageBackbone
 from pretextlab.io import atomic_write_bytes, atomic_write_json, read_json
 
