@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from pretextlab.io import atomic_write_json
+from pretextlab.results import RESULTS_FILE, write_results
 from pretextlab.tasks.base import PretextTask
 
 #: Smallest excess over chance (absolute accuracy) that counts as "far above chance".
@@ -147,7 +147,7 @@ def audit_run(run_dir: str | Path, images: int = 2000, margin: float = DEFAULT_M
     audit = audit_task(task, datamodule, split.images[:images], margin, seed)
     if write:
         results["audit"] = audit
-        atomic_write_json(folder / "results.json", results)
+        write_results(folder / RESULTS_FILE, results)
     return audit
 
 

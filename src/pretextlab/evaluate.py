@@ -56,8 +56,9 @@ from pretextlab.redaction import redact
 from pretextlab.export import DEFAULT_INPUT_KIND, INPUT_KINDS, ExportError
 from pretextlab.paths import config_dir
 from pretextlab.provenance import provenance
-from pretextlab.results import SCHEMA_VERSION, TRANSFER_KIND, ResultsError, ResultsRecord, lookup_metric
-from pretextlab.rundir import RESULTS_FILE, JobNotRunError, open_run_dir, resolved_config
+from pretextlab.results import (SCHEMA_VERSION, TRANSFER_KIND, ResultsError, ResultsRecord, chosen_options, lookup_metric,
+                                write_results)
+from pretextlab.rundir import RESULTS_FILE, JobNotRunError, hydra_choices, open_run_dir, resolved_config
 
 # pretextlab.checkpoints and pretextlab.train (Lightning) are imported where they are used: a command
 # line refused before any checkpoint is read answers in the time Python and torch take to start.
@@ -483,7 +484,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any], pretrained:
     from hydra.utils import instantiate
 
     from pretextlab.evaluation.runner import evaluate, stage_pooling
-    from pretextlab.io import atomic_write_json
     from pretextlab.evaluation.encoder import EvaluationEncoder
 
     log.info("evaluating %s in %s (pid %d)", pretrained.info["path"], run_dir, os.getpid())
@@ -519,6 +519,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any], pretrained:
         "seed": int(cfg.seed),
         "pretrained": pretrained.info,
         "input": input_description,
+        "options": chosen_options(hydra_choices(run_dir)),
     }
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else str(cfg.device)
     # As train.py: untrained BatchNorm statistics are an identity in eval mode; re-estimate them for random init.
@@ -533,7 +534,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any], pretrained:
     results.update(provenance())
     results["config"] = config
     results["status"] = "ok"
-    atomic_write_json(run_dir / RESULTS_FILE, redact(results))
+    write_results(run_dir / RESULTS_FILE, redact(results))
     return results
 
 
@@ -554,7 +555,6 @@ def _record_failure(cfg: DictConfig, error: BaseException, multirun: bool) -> No
     single run (its output directory keeps only Hydra's log); in a sweep it is recorded, so that the
     table lists the evaluation as failed.
     """
-    from pretextlab.io import atomic_write_json
 
     if isinstance(error, JobNotRunError) or (isinstance(error, BAD_INPUT) and not multirun):
         return
@@ -566,7 +566,7 @@ def _record_failure(cfg: DictConfig, error: BaseException, multirun: bool) -> No
                     return
             except (OSError, ValueError, AttributeError):
                 pass
-        atomic_write_json(path, redact({
+        write_results(path, redact({
             "schema_version": SCHEMA_VERSION,
             "status": f"failed: {_first_line(error)}",
             "kind": TRANSFER_KIND,

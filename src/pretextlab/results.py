@@ -14,6 +14,12 @@ evaluation data. Records without ``kind`` are pretraining jobs.
 
 ``schema_version`` (absent in files written before it existed: version 1) lets a reader refuse a
 record written by a newer pretextlab instead of misreading it.
+
+Every writer (``train``, ``evaluate``, ``audit``, a failed job's record) goes through
+:func:`write_results`, which checks the record exactly as a reader will before it is written: a
+record the table would refuse is never written. ``options`` records the config options the job was
+composed from (``task=jigsaw``, ``backbone=vit_small``, ``experiment=…``): part of a row's identity,
+so two variants never merge into one row.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretextlab.io import read_json
+from pretextlab.io import atomic_write_json, read_json
 
 #: The version of the record this module reads and ``pretextlab.train`` writes.
 SCHEMA_VERSION = 1
@@ -35,6 +41,9 @@ NO_PRETRAINING_TASKS = ("none",)
 REQUIRED_OK_KEYS = ("task", "backbone", "data", "seed", "eval")
 #: ``kind`` of a record written by ``pretextlab.evaluate`` (no ``kind``: a pretraining job).
 TRANSFER_KIND = "transfer"
+#: Config groups whose chosen option is recorded in ``options`` (the ones that change what is measured;
+#: the trainer and logger options change how, not what).
+IDENTITY_GROUPS = ("task", "backbone", "data", "eval", "experiment")
 
 
 class ResultsError(ValueError):
@@ -75,6 +84,9 @@ class ResultsRecord:
     pretrain_images: int | None = None
     #: None for a pretraining job; :data:`TRANSFER_KIND` for an evaluation by ``pretextlab.evaluate``.
     kind: str | None = None
+    #: The config option chosen in each of :data:`IDENTITY_GROUPS` (None: composed outside Hydra's
+    #: command line, or written before pretextlab recorded it).
+    options: dict[str, str | None] | None = None
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -159,6 +171,10 @@ class ResultsRecord:
         for key in ("config", "versions"):
             if payload.get(key) is not None and not isinstance(payload[key], dict):
                 wrong(key, "an object")
+        options = payload.get("options")
+        if options is not None and not (isinstance(options, dict) and all(
+                isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in options.items())):
+            wrong("options", "an object of config group -> chosen option (a string or null)")
         kind = payload.get("kind")
         if kind is not None and kind != TRANSFER_KIND:
             wrong("kind", f"absent (a pretraining job) or {TRANSFER_KIND!r} (an evaluation by pretextlab.evaluate)")
@@ -181,13 +197,30 @@ class ResultsRecord:
             status=str(status), task=text("task"), backbone=text("backbone"), data=text("data"),
             seed=seed if seed is None or _is_int(seed) else text("seed"),
             schema_version=int(version), epochs=payload.get("epochs"), steps=payload.get("steps"),
-            pretrain_images=payload.get("pretrain_images"), kind=kind,
+            pretrain_images=payload.get("pretrain_images"), kind=kind, options=options,
             path=Path(path) if path is not None else None, raw=dict(payload))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object with the checked identity fields in their normalised form (for dict-based readers)."""
         return {**self.raw, "status": self.status, "task": self.task, "backbone": self.backbone, "data": self.data,
                 "seed": self.seed}
+
+
+def write_results(path: str | Path, payload: dict[str, Any]) -> ResultsRecord:
+    """Check ``payload`` as :meth:`ResultsRecord.read` will, then write it atomically to ``path``.
+
+    A record a reader would refuse raises :class:`ResultsError` (naming the field) and nothing is written.
+    """
+    record = ResultsRecord.from_json(payload, path)
+    atomic_write_json(Path(path), payload)
+    return record
+
+
+def chosen_options(choices: dict[str, Any] | None) -> dict[str, str | None] | None:
+    """The options of :data:`IDENTITY_GROUPS` among Hydra's runtime choices (None outside Hydra)."""
+    if choices is None:
+        return None
+    return {group: (None if choices.get(group) is None else str(choices.get(group))) for group in IDENTITY_GROUPS}
 
 
 def _pretrained_problems(pretrained: Any, ok: bool) -> list[str]:

@@ -226,19 +226,39 @@ def decide(run_dir: Path, config: dict[str, Any], cfg: DictConfig, rank_zero: bo
 
 
 # -- 3. the record ------------------------------------------------------------------------------------
+def _this_jobs_hydra(run_dir: Path) -> Any | None:
+    """Hydra's node of the job writing ``run_dir``; None outside a Hydra app, or for a Hydra state an
+    earlier app left in this process (its output dir is another directory)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_node: Any = HydraConfig.get()
+    output_dir = OmegaConf.select(hydra_node, "runtime.output_dir", default=None)
+    if output_dir is None or Path(output_dir).resolve() != run_dir.resolve():
+        return None
+    return hydra_node
+
+
+def hydra_choices(run_dir: Path) -> dict[str, Any] | None:
+    """The config option Hydra chose in each group for the job writing ``run_dir`` (None outside Hydra)."""
+    hydra_node = _this_jobs_hydra(run_dir)
+    if hydra_node is None:
+        return None
+    choices = OmegaConf.to_container(hydra_node.runtime.choices, resolve=False)
+    return {str(key): value for key, value in choices.items()} if isinstance(choices, dict) else None
+
+
 def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, now that the job runs (see module doc)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized() or global_rank() != 0:
-        return  # composed outside a Hydra app (tests, notebooks), or DDP's extra processes: nothing to record
-    hydra_root = HydraConfig.instance().cfg
-    hydra_node: Any = HydraConfig.get()
+    hydra_node = _this_jobs_hydra(run_dir)
+    if hydra_node is None or global_rank() != 0:
+        return  # outside a Hydra app (tests, notebooks), a stale Hydra state, or DDP's extra processes
     if hydra_node.get("output_subdir") is not None:
         return  # the user asked Hydra for its own subdir: Hydra wrote it before the job
-    output_dir = OmegaConf.select(hydra_node, "runtime.output_dir", default=None)
-    if output_dir is None or Path(output_dir).resolve() != run_dir.resolve():
-        return  # a Hydra state left by an earlier app in this process, not this job's
+    hydra_root = HydraConfig.instance().cfg
     folder = run_dir / HYDRA_RECORD
     task_cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(task_cfg))

@@ -37,13 +37,12 @@ from pretextlab.validation import validate_config
 from pretextlab.paths import config_dir
 from pretextlab.provenance import provenance
 from pretextlab.evaluation.runner import evaluate, stage_pooling
-from pretextlab.io import atomic_write_json
 from pretextlab.loggers import abort_open_runs, finish_loggers, log_config
-from pretextlab.rundir import (RESULTS_FILE, ExistingResultsError, JobNotRunError, global_rank, open_run_dir,
-                               resolved_config, write_hydra_record)
+from pretextlab.rundir import (RESULTS_FILE, ExistingResultsError, JobNotRunError, global_rank, hydra_choices,
+                               open_run_dir, resolved_config, write_hydra_record)
 from pretextlab.hydra_errors import run_hydra_app
 from pretextlab.results import SCHEMA_VERSION as RESULTS_SCHEMA_VERSION
-from pretextlab.results import lookup_metric
+from pretextlab.results import chosen_options, lookup_metric, write_results
 from pretextlab.tasks.base import NonFiniteLossError
 
 log = logging.getLogger("pretextlab.train")
@@ -118,6 +117,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str
         "data": cfg.data.name,
         "seed": int(cfg.seed),
         "chance_accuracy": task.chance_accuracy,
+        "options": chosen_options(hydra_choices(run_dir)),
     }
     if plan is not None:
         plan.check_fits(task, cfg.task.name, cfg.backbone.name)
@@ -159,7 +159,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str
     results["status"] = "ok"
     if trainer.is_global_zero:
         distributed.raise_if_another_rank_failed()  # DDP in a multirun: a failure on any rank fails the job
-        atomic_write_json(run_dir / RESULTS_FILE, results)
+        write_results(run_dir / RESULTS_FILE, results)
         # At the step after the last training batch: the training rows' own step counter (under
         # ddp_spawn the main process's trainer.global_step stays 0; its workers trained).
         finish_loggers(loggers, results, step=results["steps"])
@@ -202,7 +202,7 @@ def _record_failure(cfg: DictConfig, error: BaseException, multirun: bool = Fals
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         if isinstance(error, NonFiniteLossError):
             first_line = f"non-finite loss: {first_line}"
-        atomic_write_json(path, redact({
+        write_results(path, redact({
             "status": f"failed: {first_line}",
             "error_type": type(error).__name__,
             "task": cfg.task.get("name"),

@@ -222,11 +222,21 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _task_settings(record: dict[str, Any]) -> dict[str, str]:
-    task = (record.get("config") or {}).get("task")
-    if not isinstance(task, dict):
-        return {}
-    return {key: json.dumps(value, sort_keys=True) for key, value in _flatten(task).items()
-            if key.split(".")[-1] not in NOT_VARIANT_KEYS}
+    """What makes a job a variant of its (task, backbone, data): the task's settings (``grid``), the
+    backbone's (``backbone.width``) and the config options it was composed from (``experiment=…``,
+    ``backbone=vit_small``; recorded as ``options`` in results.json), each as JSON text."""
+    config = record.get("config") or {}
+    settings: dict[str, str] = {}
+    for part, prefix in (("task", ""), ("backbone", "backbone.")):
+        node = config.get(part)
+        if isinstance(node, dict):
+            settings.update({prefix + key: json.dumps(value, sort_keys=True) for key, value in _flatten(node).items()
+                             if key.split(".")[-1] not in NOT_VARIANT_KEYS})
+    options = record.get("options")
+    if isinstance(options, dict):
+        settings.update({group: json.dumps(choice) for group, choice in options.items()
+                         if choice is not None and group not in ("task", "backbone")})
+    return settings
 
 
 def variant_identity(record: dict[str, Any]) -> str:
