@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -71,6 +72,9 @@ def test_command_line_credentials_do_not_stay_in_hydra_files(tmp_path):
     (code, err), (sweep_code, sweep_err) = [(p.wait(timeout=600), p.stderr.read()) for p in (single, sweep)]
 
     assert code == 0, err
+    # The options the job was composed from are part of its results record (and of its row's identity).
+    assert json.loads((run_dir / "results.json").read_text())["options"] == {
+        "task": "rotation", "backbone": "convnet", "data": "synthetic", "eval": "none", "experiment": None}
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert "+extra.api_token=<redacted>" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert "api_token: <redacted>" in (run_dir / ".hydra" / "config.yaml").read_text()

@@ -103,3 +103,19 @@ def test_a_run_records_the_images_it_really_pretrained_on(make_config, caplog):
     assert any("num_pretrain=1000 is more than the 128 images" in r.getMessage() for r in caplog.records)
     record = ResultsRecord.read(make_config(tiny=False).paths.run_dir + "/results.json")
     assert record.pretrain_images == 128 and record.schema_version == SCHEMA_VERSION
+
+
+def test_a_record_a_reader_would_refuse_is_never_written(tmp_path):
+    from pretextlab.results import write_results
+
+    path = tmp_path / "results.json"
+    with pytest.raises(ResultsError, match="seed"):
+        write_results(path, {"status": "ok", "task": "rotation", "backbone": "convnet", "data": "synthetic",
+                             "seed": "zero", "eval": {}})
+    assert not path.exists()
+    with pytest.raises(ResultsError, match="options"):
+        write_results(path, {"status": "failed: x", "options": {"task": 3}})
+    assert not path.exists()
+    record = write_results(path, {"status": "ok", "task": "rotation", "backbone": "convnet", "data": "synthetic",
+                                  "seed": 0, "eval": {}, "options": {"task": "rotation", "experiment": None}})
+    assert ResultsRecord.read(path).options == record.options == {"task": "rotation", "experiment": None}

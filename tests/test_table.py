@@ -318,3 +318,19 @@ def test_a_pretext_row_that_never_pretrained_says_so(tmp_path):
     assert status.startswith("failed: task rotation ran 0 pretraining steps, so its backbone is random init")
     assert rows["rotation"][header(markdown).index("linear top-1 % (best stage)")] == "–"
     assert rows["random init"][header(markdown).index("status")] == "ok"
+
+
+def test_variants_of_the_backbone_or_of_the_chosen_options_never_merge_into_one_row(tmp_path):
+    narrow, wide = ok_record("rotation", 0.5), ok_record("rotation", 0.6)
+    narrow["config"] = {"backbone": {"name": "convnet", "width": 16}}
+    wide["config"] = {"backbone": {"name": "convnet", "width": 32}}
+    preset, plain = ok_record("jigsaw", 0.4), ok_record("jigsaw", 0.45)
+    preset["options"] = {"task": "jigsaw", "backbone": "convnet", "data": "synthetic", "eval": "linear",
+                         "experiment": "quick"}
+    plain["options"] = {**preset["options"], "experiment": None}
+    markdown = build_table([write_sweep(tmp_path / "sweep", [narrow, wide, preset, plain])])
+    labels = [row[0] for row in body_rows(markdown)]
+    assert any("backbone.width=16" in label for label in labels), labels
+    assert any("backbone.width=32" in label for label in labels), labels
+    assert any("experiment=quick" in label for label in labels), labels
+    assert sum(label.startswith("jigsaw ") for label in labels) == 2, labels
