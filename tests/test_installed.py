@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -72,9 +73,14 @@ TINY = [
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding only the built wheel of this checkout; returns its ``bin`` folder."""
     root = tmp_path_factory.mktemp("installed")
+    # Built from a copy of what the wheel is made of, so that setuptools' build/ never lands in the checkout.
+    source = root / "source"
+    shutil.copytree(REPO_ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
     wheels = root / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--wheel-dir", str(wheels), str(REPO_ROOT)], check=True, capture_output=True, timeout=300)
+                    "--wheel-dir", str(wheels), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("pretextlab-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -117,7 +123,7 @@ def test_the_wheel_ships_the_configs_and_the_command_composes_a_user_task_from_a
     project = _project(tmp_path)
     listed = _run(installed, project, "--help")
     assert listed.returncode == 0 and "sweep" in listed.stdout and "evaluate" in listed.stdout
-    composed = _run(installed, project, "train", "-cd", "my_configs", "task=flip", "--cfg", "job")
+    composed = _run(installed, project, "train", "-cd", "my_configs", "task=flip", "--cfg", "job", "--resolve")
     assert composed.returncode == 0, composed.stderr
     assert "_target_: flip_task.FlipTask" in composed.stdout and "momentum: 0.9" in composed.stdout
     # Outputs go under the folder the command runs from.
