@@ -6,7 +6,7 @@
 
 Without ``--cifar`` the features are Gaussian clusters shaped like the width-16 convnet's four
 stages under the layer-wise pooling rule (1,024 / 2,048 / 1,024 / 2,048 dims at 32 px). With
-``--cifar`` they are the real thing: the CIFAR-10 JPEG copy (``conf/data/cifar10_jpeg.yaml``), all
+``--cifar`` they are the real thing: the CIFAR-10 JPEG copy (the repository preset ``conf/data/cifar10_jpeg.yaml``), all
 50,000 train and 10,000 test images, through the width-16 convnet (random init, or the backbone of a
 pretraining checkpoint), pooled per stage as ``eval=linear`` pools them; they are extracted once
 and cached in ``--cache`` (the extraction is not part of the timed probe).
@@ -56,7 +56,9 @@ def cifar_features(checkpoint: Path | None, cache: Path) -> tuple[FeatureSet, Fe
     from pretextlab.config import compose_train
     from pretextlab.evaluation.runner import _features, resolve_stages, stage_pooling
 
-    cfg = compose_train(["experiment=table_cifar10_cpu", "task=rotation", "eval=linear", "logger=none"])
+    repository_presets = Path(__file__).resolve().parents[1] / "conf"  # data=cifar10_jpeg lives there
+    cfg = compose_train(["experiment=table_cifar10_cpu", "task=rotation", "eval=linear", "logger=none"],
+                        config_dirs=[repository_presets])
     datamodule = instantiate(cfg.data)
     task = instantiate(cfg.task, _convert_="all", backbone=instantiate(cfg.backbone),
                        num_classes=datamodule.num_classes, mean=datamodule.mean, std=datamodule.std,

@@ -60,18 +60,6 @@ class ImageFolderSource(FileSource):
         self.num_classes = len(train_classes)
         self._cache_splits: dict[str, Split] = {}
 
-    @property
-    def mean(self) -> tuple[float, float, float]:  # type: ignore[override]
-        if self._given_mean is not None:
-            return tuple(self._given_mean)  # type: ignore[return-value]
-        return self._statistics()[0]
-
-    @property
-    def std(self) -> tuple[float, float, float]:  # type: ignore[override]
-        if self._given_std is not None:
-            return tuple(self._given_std)  # type: ignore[return-value]
-        return self._statistics()[1]
-
     def _statistics(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         pixels = self.load("train").images[:10000].float().div(255).permute(1, 0, 2, 3).reshape(3, -1)
         return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())

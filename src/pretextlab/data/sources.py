@@ -90,3 +90,20 @@ class FileSource(DataSource):
         self.on_bad_image = check_bad_image_policy(on_bad_image)
         # None: the subclass's default statistics (computed from the data, or ImageNet's for VOC).
         self._given_mean, self._given_std = mean, std
+
+
+    @property
+    def mean(self) -> tuple[float, float, float]:  # type: ignore[override]
+        if self._given_mean is not None:
+            return tuple(self._given_mean)  # type: ignore[return-value]
+        return self._statistics()[0]
+
+    @property
+    def std(self) -> tuple[float, float, float]:  # type: ignore[override]
+        if self._given_std is not None:
+            return tuple(self._given_std)  # type: ignore[return-value]
+        return self._statistics()[1]
+
+    def _statistics(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """Per-channel mean and std of the source's own images, when none were given."""
+        raise NotImplementedError(f"{type(self).__name__} has no default statistics: give data.source.mean/std")

@@ -119,18 +119,6 @@ class StreamingFolderSource(FileSource):
                                 encoded=encoded and use == "pretrain")
 
     # -- normalisation statistics --------------------------------------------------------------
-    @property
-    def mean(self) -> tuple[float, float, float]:  # type: ignore[override]
-        if self._given_mean is not None:
-            return tuple(self._given_mean)  # type: ignore[return-value]
-        return self._statistics()[0]
-
-    @property
-    def std(self) -> tuple[float, float, float]:  # type: ignore[override]
-        if self._given_std is not None:
-            return tuple(self._given_std)  # type: ignore[return-value]
-        return self._statistics()[1]
-
     def _statistics(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         if self._statistics_cache is None:
             listing = self.pretrain

@@ -124,8 +124,6 @@ class VOC2007Source(FileSource):
         self.resize, self.cache = resize, cache
         self.class_names = VOC_CLASSES
         self.num_classes = len(VOC_CLASSES)
-        self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN  # type: ignore[assignment]
-        self.std = tuple(std) if std is not None else IMAGENET_STD  # type: ignore[assignment]
         self.voc_root = self.root / "VOCdevkit" / "VOC2007"
         if download:
             self._download()
@@ -137,6 +135,10 @@ class VOC2007Source(FileSource):
             )
         self._splits: dict[str, Split] = {}
         self.skipped: dict[str, int] = {}
+
+    def _statistics(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """ImageNet's statistics: the backbones evaluated on VOC were normalised with them."""
+        return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)  # type: ignore[return-value]
 
     def _download(self) -> None:
         import torchvision
