@@ -75,6 +75,9 @@ class ResultsRecord:
     pretrain_images: int | None = None
     #: None for a pretraining job; :data:`TRANSFER_KIND` for an evaluation by ``pretextlab.evaluate``.
     kind: str | None = None
+    #: What the task says about itself (table label and order, pretext metric, references, input kind;
+    #: see :mod:`pretextlab.task_info`); None in records written before it was recorded.
+    task_info: dict[str, Any] | None = None
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -156,7 +159,7 @@ class ResultsRecord:
         if headline is not None and not (isinstance(headline, dict)
                                          and (headline.get("value") is None or _is_number(headline["value"]))):
             wrong("headline", "an object with a numeric (or null) 'value'")
-        for key in ("config", "versions"):
+        for key in ("config", "versions", "task_info"):
             if payload.get(key) is not None and not isinstance(payload[key], dict):
                 wrong(key, "an object")
         kind = payload.get("kind")
@@ -181,7 +184,7 @@ class ResultsRecord:
             status=str(status), task=text("task"), backbone=text("backbone"), data=text("data"),
             seed=seed if seed is None or _is_int(seed) else text("seed"),
             schema_version=int(version), epochs=payload.get("epochs"), steps=payload.get("steps"),
-            pretrain_images=payload.get("pretrain_images"), kind=kind,
+            pretrain_images=payload.get("pretrain_images"), kind=kind, task_info=payload.get("task_info"),
             path=Path(path) if path is not None else None, raw=dict(payload))
 
     def to_dict(self) -> dict[str, Any]:
