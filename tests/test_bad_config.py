@@ -188,7 +188,7 @@ CLI_TYPOS = [
     (["+seeed=3"], "pretextlab: error: seeed is not a pretextlab setting (top-level keys: backbone,"),
     (["+trainer.max_epoch=3"], "pretextlab: error: trainer.max_epoch is not a setting of lightning.pytorch.Trainer "
                                "(did you mean trainer.max_epochs?)"),
-    (["+task.tile_ratio=0.5"], "pretextlab: error: task.tile_ratio is not a setting of pretextlab.tasks.RotationTask"),
+    (["+task.tile_ratio=0.5"], "pretextlab: error: task.tile_ratio is not a setting of pretextlab.tasks.rotation.RotationTask"),
 ]
 
 

@@ -37,6 +37,9 @@ class FlipTask(PretextTask):
     """Predict whether an image was mirrored left-right."""
 
     chance_accuracy = 0.5
+    # What the table reads (recorded in results.json as task_info): its label and its place.
+    table_label = "mirror flip"
+    table_order = 45  # between jigsaw and rotation
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -158,3 +161,5 @@ def test_a_user_task_trains_sweeps_against_a_built_in_task_and_lands_in_the_tabl
         rows = {row["task"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"none", "flip", "rotation"}, rows.keys()
     assert all(rows[name]["status"] == "ok" for name in rows), rows
+    assert rows["flip"]["task_label"].startswith("mirror flip ("), rows["flip"]  # the class's own label
+    assert list(rows) == ["none", "flip", "rotation"]  # its declared place: before rotation

@@ -9,15 +9,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from pretextlab.sweep import DEFAULT_VIT_BACKBONE, default_tasks
 from pretextlab.validation import validate_config
 from pretextlab.paths import config_dir
 from tests.conftest import REPO_ROOT
 
 from tests.conftest import compose_config
 
-#: The rows multirun.sh runs on the configured backbone, and the transformer row it runs on vit_tiny.
-CONV_TASKS = ["none", "rotation", "jigsaw", "colorization", "context", "inpainting", "supervised"]
-ROWS = [(task, None) for task in CONV_TASKS] + [("mae", "vit_tiny")]
+#: The rows the default sweep runs on the configured backbone, and the transformer rows it runs on vit_tiny
+#: (what the task classes declare: in_default_sweep, requires).
+CONV_TASKS, VIT_TASKS = default_tasks()
+ROWS = [(task, None) for task in CONV_TASKS] + [(task, DEFAULT_VIT_BACKBONE) for task in VIT_TASKS]
 PRESETS = ["table_cifar10_cpu", "table_cifar10_gpu", "table_stl10"]
 
 

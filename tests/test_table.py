@@ -13,7 +13,7 @@ import pytest
 from pretextlab.table.cli import build_table, main
 from pretextlab.table.collect import build_rows, collect_results, merge_results
 from pretextlab.table.render import build_columns
-from pretextlab.table.tasks_info import REFERENCE_HEADER
+from pretextlab.table.render import REFERENCE_HEADER
 from pretextlab.table.wandb_summary import log_to_wandb
 
 

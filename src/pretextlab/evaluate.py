@@ -53,7 +53,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pretextlab.config import ConfigError
 from pretextlab.redaction import redact
-from pretextlab.export import DEFAULT_INPUT_KIND, INPUT_KINDS, ExportError
+from pretextlab.export import DEFAULT_INPUT_KIND, ExportError
+from pretextlab.task_info import input_kind_of
 from pretextlab.paths import config_dir
 from pretextlab.provenance import provenance
 from pretextlab.results import (SCHEMA_VERSION, TRANSFER_KIND, ResultsError, ResultsRecord, chosen_options, lookup_metric,
@@ -80,7 +81,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (*BAD_INPUT, JobNotRunError, Valu
 
 # -- input preparation ------------------------------------------------------------------------------
 class InputPreparation:
-    """[0, 1] RGB images → what the backbone was pretrained on (see ``export.INPUT_KINDS``).
+    """[0, 1] RGB images → what the backbone was pretrained on (the kind its task declared: ``task_info``).
 
     ``rgb_normalized``: channel standardisation with the given statistics (the pretraining data's);
     ``lab_l``: the L channel of CIE Lab scaled to [-1, 1] (``L / 50 - 1``), colorization's input.
@@ -313,7 +314,7 @@ def _random_init(path: Path, record: ResultsRecord) -> Pretrained:
         "build_config": dict(getattr(backbone, "build_config", build_kwargs)), "stage": None,
         "headline": record.raw.get("headline"), "run_dir": str(path), **_run_facts(record),
     }
-    return Pretrained(backbone, info, INPUT_KINDS.get("none", DEFAULT_INPUT_KIND), None, None,
+    return Pretrained(backbone, info, input_kind_of(record.raw), None, None,
                       int(size) if isinstance(size, (int, float)) else None,
                       notes=["random init never saw data: inputs normalised with the evaluation data's statistics"])
 

@@ -87,6 +87,9 @@ class ResultsRecord:
     #: The config option chosen in each of :data:`IDENTITY_GROUPS` (None: composed outside Hydra's
     #: command line, or written before pretextlab recorded it).
     options: dict[str, str | None] | None = None
+    #: What the task says about itself (table label and order, pretext metric, references, input kind;
+    #: see :mod:`pretextlab.task_info`); None in records written before it was recorded.
+    task_info: dict[str, Any] | None = None
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -168,7 +171,7 @@ class ResultsRecord:
         if headline is not None and not (isinstance(headline, dict)
                                          and (headline.get("value") is None or _is_number(headline["value"]))):
             wrong("headline", "an object with a numeric (or null) 'value'")
-        for key in ("config", "versions"):
+        for key in ("config", "versions", "task_info"):
             if payload.get(key) is not None and not isinstance(payload[key], dict):
                 wrong(key, "an object")
         options = payload.get("options")
@@ -198,6 +201,7 @@ class ResultsRecord:
             seed=seed if seed is None or _is_int(seed) else text("seed"),
             schema_version=int(version), epochs=payload.get("epochs"), steps=payload.get("steps"),
             pretrain_images=payload.get("pretrain_images"), kind=kind, options=options,
+            task_info=payload.get("task_info"),
             path=Path(path) if path is not None else None, raw=dict(payload))
 
     def to_dict(self) -> dict[str, Any]:

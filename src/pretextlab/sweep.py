@@ -5,7 +5,8 @@
     pretextlab sweep --tasks none,rotation --vit-tasks ''
     pretextlab sweep -cd my_configs --tasks mytask,rotation   # a task of yours beside built-in ones
 
-Convolutional tasks run on the configured backbone (convnet by default); transformer tasks (MAE) run
+Without ``--tasks`` / ``--vit-tasks``, the sweep runs every packaged task whose class declares
+``in_default_sweep``, in table order. Convolutional tasks run on the configured backbone (convnet by default); transformer tasks (MAE) run
 on ``--vit-backbone`` in a second Hydra multirun into the same sweep directory, so one table shows all.
 Each of the two gets a random-init row (``task=none``) of its own backbone, added when not listed: the
 table compares every row with the random init of its own backbone.
@@ -29,17 +30,35 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from pretextlab.paths import searchpath_override
+from pretextlab.paths import config_dir, searchpath_override
 
-DEFAULT_TASKS = "none,rotation,jigsaw,colorization,context,inpainting,supervised"
-DEFAULT_VIT_TASKS = "mae"
 DEFAULT_VIT_BACKBONE = "vit_tiny"
 #: Applied to the transformer jobs before the user's overrides (which win). A ViT step costs far more
 #: than a small convnet step on a CPU, so the default keeps MAE's pretraining short.
 DEFAULT_VIT_ARGS = "data.num_pretrain=2000 trainer.max_epochs=3"
 RANDOM_INIT = "none"
 LOG_PREFIX = "[multirun]"
+
+
+def default_tasks() -> tuple[list[str], list[str]]:
+    """The default sweep: the packaged task configs whose class declares ``in_default_sweep``, in table
+    order, as (tasks for the configured backbone, tasks that need a transformer backbone)."""
+    from hydra.utils import get_class
+    from omegaconf import DictConfig, OmegaConf
+
+    chosen: list[tuple[float, str, bool]] = []
+    for path in sorted((config_dir() / "task").glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue  # shared defaults (_optim.yaml), not a task
+        node = OmegaConf.load(path)
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        task_class: Any = get_class(str(target))  # a packaged config naming no importable class is a bug: it raises
+        if getattr(task_class, "in_default_sweep", False):
+            chosen.append((float(task_class.table_order), path.stem, task_class.requires == "transformer"))
+    chosen.sort()
+    return [name for _, name, vit in chosen if not vit], [name for _, name, vit in chosen if vit]
 
 
 def with_floor(tasks: str) -> str:
@@ -71,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pretextlab sweep", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--tasks", default=env.get("TASKS", DEFAULT_TASKS),
-                        help="tasks on the configured backbone, comma-separated ('' for none)")
-    parser.add_argument("--vit-tasks", default=env.get("VIT_TASKS", DEFAULT_VIT_TASKS),
-                        help="tasks on the transformer backbone ('' for none)")
+    parser.add_argument("--tasks", default=env.get("TASKS"),
+                        help="tasks on the configured backbone, comma-separated ('' for none; default: the "
+                             "packaged tasks that declare in_default_sweep)")
+    parser.add_argument("--vit-tasks", default=env.get("VIT_TASKS"),
+                        help="tasks on the transformer backbone ('' for none; default: as --tasks, those "
+                             "that require a transformer)")
     parser.add_argument("--vit-backbone", default=env.get("VIT_BACKBONE") or DEFAULT_VIT_BACKBONE)
     parser.add_argument("--vit-args", default=env.get("VIT_ARGS", DEFAULT_VIT_ARGS),
                         help="overrides for the transformer jobs only, before yours")
@@ -89,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretextlab: error: --config-dir {folder} is not a folder", file=sys.stderr)
             return 2
 
+    if args.tasks is None or args.vit_tasks is None:
+        conv_default, vit_default = default_tasks()
+        args.tasks = ",".join(conv_default) if args.tasks is None else args.tasks
+        args.vit_tasks = ",".join(vit_default) if args.vit_tasks is None else args.vit_tasks
     tasks = with_floor(args.tasks)
     vit_tasks = with_floor(args.vit_tasks)
     key = sweep_key(tasks, vit_tasks, args.vit_backbone, args.vit_args, args.overrides, args.config_dirs)

@@ -118,6 +118,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> dict[str
         "seed": int(cfg.seed),
         "chance_accuracy": task.chance_accuracy,
         "options": chosen_options(hydra_choices(run_dir)),
+        "task_info": task.task_info(config["task"]),  # label, order, metric, references, input kind
     }
     if plan is not None:
         plan.check_fits(task, cfg.task.name, cfg.backbone.name)

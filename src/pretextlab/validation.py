@@ -5,9 +5,10 @@ It has two parts, plus a check for keys nothing reads:
   pattern is a dotted key path where ``*`` matches one level and ``**`` any number of levels, so
   ``task.**.lr`` covers every optimiser of every task, whatever its yaml calls the node.
 - :func:`_cross_checks`: facts that involve several keys (a task and the backbone it needs, eval
-  stages and the backbone's stage names, a jigsaw grid and the image size, ...). The backbone is
-  built on PyTorch's ``meta`` device for these checks: no memory, no weights, a few milliseconds,
-  and exactly the stage names and shapes the run would see.
+  stages and the backbone's stage names, ...), and each task's own checks (its class's
+  ``config_problems``: a jigsaw grid against the image size, ...). The backbone is built on
+  PyTorch's ``meta`` device for these checks: no memory, no weights, a few milliseconds, and
+  exactly the stage names and shapes the run would see.
 
 Every problem names the key, the value and what is allowed; all problems are reported at once.
 """
@@ -251,7 +252,8 @@ def _show(value: Any) -> str:
     return repr(redact(value))
 
 
-def _problem(key: str, value: Any, allowed: str) -> str:
+def problem(key: str, value: Any, allowed: str) -> str:
+    """One problem line in validation's wording: ``key=<value> is not allowed: <allowed>`` (value redacted)."""
     return f"{key}={_show(value)} is not allowed: {allowed}"
 
 
@@ -271,7 +273,7 @@ def _check_rules(cfg: DictConfig) -> list[str]:
             continue
         for rule in matching:
             if not rule.accepts(value):
-                problems.append(_problem(path, value, f"must be {rule.accepts.text}"))
+                problems.append(problem(path, value, f"must be {rule.accepts.text}"))
                 break
     return problems
 
@@ -420,7 +422,7 @@ def _task_class(cfg: DictConfig) -> tuple[Any, list[str]]:
     try:
         return get_class(str(target)), []
     except Exception as error:
-        return None, [_problem("task._target_", target, f"must name an importable task class ({error})")]
+        return None, [problem("task._target_", target, f"must name an importable task class ({error})")]
 
 
 def _cross_checks(cfg: DictConfig) -> list[str]:
@@ -433,7 +435,7 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
     task_channels, backbone_channels = cfg.task.get("in_channels"), cfg.backbone.get("in_channels")
     if task_channels is not None and backbone_channels is not None and task_channels != backbone_channels:
         problems.append(
-            _problem("backbone.in_channels", backbone_channels,
+            problem("backbone.in_channels", backbone_channels,
                      f"task={cfg.task.get('name')} feeds {task_channels}-channel images; "
                      "leave backbone.in_channels=${task.in_channels}")
         )
@@ -453,7 +455,7 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
             stages if isinstance(stages, list) else [])
         unknown = [s for s in wanted_stages if s not in names]
         if unknown:
-            problems.append(_problem("eval.stages", stages,
+            problems.append(problem("eval.stages", stages,
                                      f"backbone={cfg.backbone.get('name')} has no stage(s) {unknown}; "
                                      f"use all, last, or a list from {names}"))
         problems += _pooling_problems(cfg, backbone, image_size)
@@ -463,19 +465,19 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
             named_wrong = isinstance(stage, str) and stage not in names
             index_wrong = _is_int(stage) and not -len(names) <= stage < len(names)
             if named_wrong or index_wrong:
-                problems.append(_problem(f"task.{key}", stage, f"backbone={cfg.backbone.get('name')} has stages "
+                problems.append(problem(f"task.{key}", stage, f"backbone={cfg.backbone.get('name')} has stages "
                                                                f"{names} (a name, an index, or null: the last)"))
 
-    # Tiles and patches: the jigsaw grid, the context layout, and the size of what each task (or
+    # The task's own checks: a jigsaw grid, a context layout, and the size of what each task (or
     # multitask member) feeds the backbone against the smallest input the backbone takes.
     if image_size is not None:
-        problems += _task_input_problems(cfg, task_class, backbone, int(image_size))
+        problems += _task_problems(cfg, task_class, backbone, int(image_size))
 
     # Zero pretraining would leave a pretext task's backbone at random init, reported under its name.
     if task_class is not None and getattr(task_class, "pretrains", True):
         for key in ("max_epochs", "max_steps"):
             if cfg.trainer.get(key) == 0:
-                problems.append(_problem(
+                problems.append(problem(
                     f"trainer.{key}", 0,
                     f"task={cfg.task.get('name')} pretrains, and 0 {key.removeprefix('max_')} would leave its "
                     "backbone at random init while the results carry the task's name; use a positive value, "
@@ -484,210 +486,45 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
     headline = str(cfg.eval.get("headline", "none"))
     protocols = list((cfg.eval.get("protocols") or {}).keys())
     if headline != "none" and headline.split("/")[0] not in protocols:
-        problems.append(_problem("eval.headline", headline,
+        problems.append(problem("eval.headline", headline,
                                  f"must be none or <protocol>/<metric> with a protocol of eval.protocols {protocols}"))
 
     precision, accelerator = str(cfg.trainer.get("precision")), cfg.trainer.get("accelerator")
     if accelerator == "cpu" and precision == "16-mixed":
-        problems.append(_problem("trainer.precision", precision,
+        problems.append(problem("trainer.precision", precision,
                                  "float16 mixed precision needs a GPU; use bf16-mixed or 32-true on CPU"))
     if accelerator in ("gpu", "cuda"):
         from lightning.pytorch.accelerators import CUDAAccelerator
 
         if not CUDAAccelerator.is_available():  # NVML-based: does not initialise CUDA in this process
-            problems.append(_problem("trainer.accelerator", accelerator,
+            problems.append(problem("trainer.accelerator", accelerator,
                                      "no CUDA GPU is visible on this machine; use trainer=cpu"))
 
     # Fewer images than one batch: every epoch would have no training step at all.
     num_images = cfg.data.get("num_pretrain") or cfg.data.source.get("num_train")
     if num_images is not None and int(num_images) < int(cfg.data.batch_size):
-        problems.append(_problem("data.batch_size", cfg.data.batch_size,
+        problems.append(problem("data.batch_size", cfg.data.batch_size,
                                  f"must be <= the {num_images} pretraining images, or no epoch has a full batch"))
     from pretextlab.data.checks import streaming_problems
 
     problems += streaming_problems(cfg)
     if image_size is not None and int(cfg.data.get("crop_padding", 0)) >= int(image_size):
-        problems.append(_problem("data.crop_padding", cfg.data.crop_padding,
+        problems.append(problem("data.crop_padding", cfg.data.crop_padding,
                                  f"must be smaller than data.source.image_size={image_size}"))
     return problems
 
 
-@dataclass(frozen=True)
-class _Feed:
-    """A square input a task gives its backbone during pretraining, and the key that sets its size."""
+def _task_problems(cfg: DictConfig, task_class: Any, backbone: Any, image_size: int) -> list[str]:
+    """The task's own checks (:meth:`PretextTask.config_problems`: a tile layout against the image size, ...)."""
+    from pretextlab.tasks.base import PretextTask
+    from pretextlab.tasks.config_checks import TaskConfigCheck
 
-    what: str    # "6 px tiles (a 3x3 grid on 24 px images, tile_ratio 0.8)"
-    size: int
-    key: str     # the key named first in the message
-    value: Any
-    fixes: Callable[[int], str]  # the ways out, given the size the backbone needs
-
-
-def _backbone_refuses(backbone: Any, size: int) -> tuple[str, int | None] | None:
-    """Why ``backbone`` cannot take ``size`` px inputs (and the size it needs, when known), or None."""
-    import torch
-
-    fixed = getattr(backbone, "fixed_input_size", None)
-    if fixed is not None:
-        return (None if size == fixed else (f"takes {fixed} px inputs only", fixed))
-    minimum = getattr(backbone, "min_input_size", None)
-    if minimum is not None:
-        return None if size >= minimum else (f"takes inputs of at least {minimum} px", int(minimum))
-    try:  # a backbone that does not say: try it with shape-only tensors
-        backbone.eval()
-        with torch.no_grad():
-            backbone.stage_outputs(torch.empty(2, int(backbone.in_channels), size, size, device="meta"))
-    except (RuntimeError, ValueError, AssertionError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return f"cannot process {size} px inputs ({first})", None
-    except NotImplementedError:  # an op without a meta kernel: the run itself will tell
-        pass
-    return None
-
-
-def _member_nodes(cfg: DictConfig, task_class: Any) -> list[tuple[str, str, Any, Any]]:
-    """``(prefix, label, node, class)`` of the task and, for a multitask, of each member with a weight > 0."""
-    from hydra.utils import get_class
-
-    from pretextlab.tasks.multitask import MultiTask
-
-    name = cfg.task.get("name")
-    if not (isinstance(task_class, type) and issubclass(task_class, MultiTask)):
-        return [("task.", f"task={name}", cfg.task, task_class)]
-    nodes = []
-    for member, spec in (cfg.task.get("members") or {}).items():
-        if not isinstance(spec, DictConfig) or not isinstance(spec.get("task"), DictConfig):
-            continue  # the task itself reports a malformed member
-        weight = spec.get("weight", 1.0)
-        if _is_number(weight) and weight <= 0:
-            continue
-        try:
-            member_class = get_class(str(spec.task.get("_target_")))
-        except Exception:
-            continue
-        nodes.append((f"task.members.{member}.task.", f"task={name} (member {member})", spec.task, member_class))
-    return nodes
-
-
-def _task_input_problems(cfg: DictConfig, task_class: Any, backbone: Any, image_size: int) -> list[str]:
-    problems: list[str] = []
-    backbone_name = cfg.backbone.get("name")
-    for prefix, label, node, node_class in _member_nodes(cfg, task_class):
-        node_problems, feeds = _task_feeds(prefix, label, node, node_class, image_size, backbone)
-        problems += node_problems
-        if backbone is None:
-            continue
-        for feed in feeds:
-            refused = _backbone_refuses(backbone, feed.size)
-            if refused is None:
-                continue
-            reason, needed = refused
-            fixes = feed.fixes(needed) if needed is not None else ""
-            problems.append(_problem(
-                feed.key, feed.value,
-                f"{label} feeds the backbone {feed.what}, and backbone={backbone_name} {reason}"
-                + (f"; {fixes}" if fixes else "; use larger tiles/patches or another backbone")))
-    return problems
-
-
-def _task_feeds(prefix: str, label: str, node: Any, node_class: Any, image_size: int,
-                backbone: Any) -> tuple[list[str], list[_Feed]]:
-    """Problems of a tile/patch layout, and the inputs it feeds the backbone (whole-image tasks: none)."""
-    from pretextlab.tasks.context import ContextTask
-    from pretextlab.tasks.jigsaw import JigsawTask
-
-    if isinstance(node_class, type) and issubclass(node_class, JigsawTask):
-        return _jigsaw_feeds(prefix, label, node, node_class, image_size)
-    if isinstance(node_class, type) and issubclass(node_class, ContextTask):
-        return _context_feeds(prefix, label, node, node_class, image_size, backbone)
-    return [], []
-
-
-def _option(node: Any, node_class: Any, key: str) -> Any:
-    """``node.key``, or the task class's default for it when the node leaves it out."""
-    import inspect
-
-    if key in node:
-        return node.get(key)
-    parameter = inspect.signature(node_class.__init__).parameters.get(key)
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
-
-
-def _jigsaw_feeds(prefix: str, label: str, node: Any, node_class: Any,
-                  image_size: int) -> tuple[list[str], list[_Feed]]:
-    """A jigsaw grid against the image size and its permutation count (the rules live with the ops),
-    and the tiles it feeds the backbone."""
-    from pretextlab.ops.permutations import validate_request
-    from pretextlab.ops.tiles import tile_geometry
-
-    grid = _option(node, node_class, "grid")
-    ratio, jitter = float(_option(node, node_class, "tile_ratio")), int(_option(node, node_class, "color_jitter_px"))
-    problems: list[str] = []
-    count = _option(node, node_class, "num_permutations")
-    if count is not None:
-        try:
-            validate_request(count, grid)
-        except ValueError as error:
-            problems.append(_problem(f"{prefix}num_permutations", count, str(error)))
-    try:
-        geometry = tile_geometry(image_size, image_size, grid, ratio, jitter)
-    except ValueError as error:
-        return [_problem(f"{prefix}grid", grid, str(error)), *problems], []
-
-    def tile_side(size: int, cells: int) -> int:
-        try:
-            return tile_geometry(size, size, cells, ratio, jitter).tile
-        except ValueError:
-            return 0
-
-    resize = _option(node, node_class, "tile_input_size")
-    if resize == "auto":
-        return problems, []  # the task sizes its tiles to what every stage of the backbone can take
-    if resize is not None:
-        return problems, [_Feed(f"tiles resized to {resize} px", int(resize), f"{prefix}tile_input_size", resize,
-                                lambda needed: f"use {prefix}tile_input_size >= {needed}")]
-
-    def fixes(needed: int) -> str:
-        ways = []
-        larger = next((size for size in range(image_size + 1, 64 * needed * grid) if tile_side(size, grid) >= needed),
-                      None)
-        if larger is not None:
-            ways.append(f"data.source.image_size >= {larger}")
-        smaller_grid = next((g for g in range(grid - 1, 1, -1) if tile_side(image_size, g) >= needed), None)
-        if smaller_grid is not None:
-            ways.append(f"{prefix}grid={smaller_grid}")
-        ways.append(f"{prefix}tile_input_size={needed} (tiles resized)")
-        return "use " + ", or ".join(ways)
-
-    what = f"{geometry.tile} px tiles (a {grid}x{grid} grid on {image_size} px images, tile_ratio {ratio:g})"
-    return problems, [_Feed(what, geometry.tile, "data.source.image_size", image_size, fixes)]
-
-
-def _context_feeds(prefix: str, label: str, node: Any, node_class: Any, image_size: int,
-                   backbone: Any) -> tuple[list[str], list[_Feed]]:
-    """The context task's 3x3 patch layout against the image size, and the patches it feeds the backbone."""
-    from pretextlab.tasks.base import TaskConfigError
-
-    options = {key: _option(node, node_class, key)
-               for key in ("min_cut_size", "layout_room", "patch_size", "gap", "jitter")}
-    try:
-        cut_size, layout = node_class.plan_layout(image_size, **options)
-    except TaskConfigError as error:
-        key = next((k for k in ("patch_size", "gap", "jitter", "layout_room", "min_cut_size")
-                    if options[k] is not None and k in str(error)), "patch_size")
-        return [_problem(f"{prefix}{key}", options[key], str(error))], []
-    if backbone is None or not backbone.is_convolutional:
-        return [], []  # a transformer gets every patch resized to the image size
-    upsample_to = int(_option(node, node_class, "min_input_size") or 0)
-    if upsample_to > layout.patch:
-        what = f"{layout.patch} px patches upsampled to {upsample_to} px ({prefix}min_input_size)"
-        return [], [_Feed(what, upsample_to, f"{prefix}min_input_size", upsample_to,
-                          lambda needed: f"use {prefix}min_input_size >= {needed}")]
-    what = f"{layout.patch} px patches as cut ({cut_size} px cut; {prefix}min_input_size={upsample_to} " \
-           "does not upsample them)"
-    return [], [_Feed(what, layout.patch, f"{prefix}min_input_size", upsample_to,
-                      lambda needed: f"use {prefix}min_input_size >= {needed} (patches are upsampled to it), "
-                                     f"or a larger {prefix}patch_size / data.source.image_size")]
+    if not (isinstance(task_class, type) and issubclass(task_class, PretextTask)):
+        return []
+    check = TaskConfigCheck(node=cfg.task, prefix="task.", label=f"task={cfg.task.get('name')}",
+                            image_size=image_size, backbone=backbone, backbone_name=str(cfg.backbone.get("name")),
+                            task_class=task_class)
+    return task_class.config_problems(check)
 
 
 def output_dir_problem(directory: str | Path, key: str = "hydra.run.dir") -> str | None:

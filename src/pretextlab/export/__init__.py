@@ -17,21 +17,21 @@ output is written atomically. A file that is not what it claims fails with :clas
 
 The package: :mod:`~pretextlab.export.run` (a run directory → backbone, weights and description),
 :mod:`~pretextlab.export.format` (the description written, read and checked; :func:`load_backbone`),
-:mod:`~pretextlab.export.stage` (a backbone cut at one stage), :mod:`~pretextlab.export.input_kinds`
-(each task's input kind) and :mod:`~pretextlab.export.cli` (the command line).
+:mod:`~pretextlab.export.stage` (a backbone cut at one stage) and :mod:`~pretextlab.export.cli` (the
+command line). The input kind is the one the run's task declared (``input_kind``, recorded in its
+``results.json`` as ``task_info``; see :mod:`pretextlab.task_info`).
 """
 
 from pretextlab.export.cli import main
 from pretextlab.export.format import FORMAT, FORMAT_VERSION, WEIGHTS_NAME, ExportError, load_backbone, read_metadata
-from pretextlab.export.input_kinds import DEFAULT_INPUT_KIND, INPUT_KINDS
 from pretextlab.export.run import describe_run_backbone, export_backbone
 from pretextlab.export.stage import StageBackbone
+from pretextlab.task_info import DEFAULT_INPUT_KIND
 
 __all__ = [
     "DEFAULT_INPUT_KIND",
     "FORMAT",
     "FORMAT_VERSION",
-    "INPUT_KINDS",
     "WEIGHTS_NAME",
     "ExportError",
     "StageBackbone",

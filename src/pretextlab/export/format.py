@@ -1,8 +1,8 @@
 """The exported backbone's format: safetensors weights + a JSON description, written, read and checked.
 
 The description says how to rebuild the module (``build_config`` for
-:func:`pretextlab.backbones.build_backbone`), how inputs must be prepared (``input``: the kind of
-:mod:`pretextlab.export.input_kinds` and the normalisation statistics), in_channels, feature dim and
+:func:`pretextlab.backbones.build_backbone`), how inputs must be prepared (``input``: the input kind its
+task declared, see :mod:`pretextlab.task_info`, and the normalisation statistics), in_channels, feature dim and
 stage names, and the weights' SHA-256. :func:`load_backbone` reads tensors only (nothing is
 unpickled) and checks every field, and the weights against the description, before building
 anything of real size. A file that is not what it claims fails with :class:`ExportError`.

@@ -15,7 +15,7 @@ import torch
 
 from pretextlab.backbones.base import Backbone
 from pretextlab.export.format import FORMAT, FORMAT_VERSION, WEIGHTS_NAME, ExportError, build_checked, write_export
-from pretextlab.export.input_kinds import DEFAULT_INPUT_KIND, INPUT_KINDS
+from pretextlab.task_info import input_kind_of
 
 #: Where a task keeps its backbone in its state dict.
 BACKBONE_PREFIX = "backbone."
@@ -121,7 +121,7 @@ def describe_run_backbone(run_dir: Path, results: dict[str, Any], ckpt: dict[str
         "in_channels": int(backbone.in_channels),
         "min_input_size": backbone.min_input_size,
         "input": {
-            "kind": INPUT_KINDS.get(str(task_name), DEFAULT_INPUT_KIND),
+            "kind": input_kind_of(results),  # what the run's task declared (results.json task_info)
             "range": "float images in [0, 1], (B, C, H, W), then the kind's preparation",
             "mean": hyper.get("mean"),
             "std": hyper.get("std"),

@@ -13,7 +13,7 @@ pretrained backbone evaluated on other data) become transfer columns of their pr
 The package: :mod:`~pretextlab.table.collect` (records → rows), :mod:`~pretextlab.table.render`
 (columns, Markdown, CSV), :mod:`~pretextlab.table.plot` (the bar chart),
 :mod:`~pretextlab.table.wandb_summary` (the W&B copy), :mod:`~pretextlab.table.transfer` (transfer
-columns), :mod:`~pretextlab.table.tasks_info` (what the table knows of each task) and
+columns), :mod:`~pretextlab.table.task_facts` (what each row's task says about itself) and
 :mod:`~pretextlab.table.cli` (:func:`build_table` and the command line).
 """
 

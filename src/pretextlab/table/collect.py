@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pretextlab.results import RESULTS_FILE, ResultsError, ResultsRecord
-from pretextlab.table.tasks_info import PRETEXT_METRICS, TASK_LABELS, TASK_ORDER
+from pretextlab.table.task_facts import TaskFacts
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +87,9 @@ def _ok(record: dict[str, Any]) -> bool:
     return record.get("status") == "ok"
 
 
-def task_rank(task: Any) -> float:
-    if task in TASK_ORDER:
-        return float(TASK_ORDER.index(task))
-    return TASK_ORDER.index("supervised") - 0.5  # unknown pretext tasks: after the known ones, before supervised
+def task_rank(row: Row) -> float:
+    """The row's place in the table: its task's declared order (random init first, supervised last)."""
+    return row.facts.order
 
 
 def is_linear_like(result: dict[str, Any]) -> bool:
@@ -113,23 +111,20 @@ class Row:
     floor: str = ""     # the key of the random-init row this row is compared with (same backbone, data, eval)
 
     @property
+    def facts(self) -> TaskFacts:
+        """What the row's task says about itself (from its first pretraining record)."""
+        own = [r for r in self.records if not r.get("_transfer_only")]
+        return TaskFacts.of(own[0] if own else {"task": self.task})
+
+    @property
     def label(self) -> str:
-        name = TASK_LABELS.get(str(self.task), "unknown" if self.task is None else str(self.task))
+        name = self.facts.label
         name = f"{name} {self.variant}" if self.variant else name
         return f"{name} ({self.budget})" if self.budget else name
 
     @property
     def seeds(self) -> list[Any]:
         return [r.get("seed") for r in self.records]
-
-
-def _pretext_metric(record: dict[str, Any]) -> tuple[str, float, bool] | None:
-    pretext = record.get("pretext") or {}
-    for key, label, is_accuracy in PRETEXT_METRICS:
-        value = pretext.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return label, float(value), is_accuracy
-    return None
 
 
 def _record_values(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
@@ -147,7 +142,7 @@ def _record_values(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
                 texts[f"{name}:last_stage"] = str(result.get("last_stage"))
         elif isinstance(result.get("top1"), (int, float)):
             values[f"{name}:top1"] = 100 * float(result["top1"])
-    pretext = _pretext_metric(record)
+    pretext = TaskFacts.of(record).pretext_value(record.get("pretext") or {})
     if pretext is not None:
         label, value, is_accuracy = pretext
         values["pretext"] = 100 * value if is_accuracy else value
@@ -192,7 +187,7 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
     def order(row: Row) -> tuple[Any, ...]:
         # Random init first and supervised last across the whole table (the classic reading order);
         # the same task on several backbones/datasets stays together, in order of appearance.
-        return (task_rank(row.task), combos.index((str(row.data), str(row.backbone))), str(row.task), row.failed)
+        return (task_rank(row), combos.index((str(row.data), str(row.backbone))), str(row.task), row.failed)
 
     rows = sorted([*groups.values(), *failed], key=order)
     attach_floor_deltas(rows)

@@ -220,7 +220,7 @@ def add_transfer_columns(rows: list[Row], columns: list[Column],
             if seeds != row_seeds:
                 parts.append(f"seed{'s' if len(seeds) > 1 else ''} {','.join(seeds)}")
             row.texts[f"{key}:stage"] = ["; ".join(parts)] if parts else []
-    rows.sort(key=lambda row: task_rank(row.task))  # stable: the rows' own order stays within a task
+    rows.sort(key=task_rank)  # stable: the rows' own order stays within a task
 
     new_columns = [Column(key, spec["header"], spec["csv"], spec["legend"],
                           stage_key=f"{key}:stage") for key, spec in sorted(by_key.items())]

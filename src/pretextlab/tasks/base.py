@@ -9,14 +9,20 @@ A task subclass provides only what is specific to it:
 - optionally :meth:`PretextTask.extra_optimizers`: optimisers it trains beside the main one (a GAN's
   discriminator), each with the loss of its own step; the base class still runs the loop and
   applies the lr rule (``task.lr_scaling``) to every optimiser;
-- the class attributes ``chance_accuracy`` / ``pretrains`` / ``requires``.
+- the class attributes ``chance_accuracy`` / ``pretrains`` / ``requires``;
+- what the rest of pretextlab reads about the task, each with a default that suits a task of a user's
+  own: ``table_label`` / ``table_order`` / ``pretext_metric`` (the table), ``reference_imagenet_linear``
+  / ``reference_rotnet_cifar`` (published figures), ``input_kind`` (export and evaluate),
+  ``in_default_sweep`` (``pretextlab sweep``), :meth:`PretextTask.config_problems` (config validation).
+  :meth:`PretextTask.task_info` gathers them into ``results.json`` (``task_info``), where the table,
+  export and evaluate read them (:mod:`pretextlab.task_info`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import random
 
@@ -29,6 +35,10 @@ from torch import nn
 from pretextlab.backbones.base import Backbone
 from pretextlab.evaluation.encoder import EvaluationEncoder
 from pretextlab.ops.augment import PADDING_MODES, normalize
+from pretextlab.task_info import DEFAULT_INPUT_KIND, UNDECLARED_TABLE_ORDER, PretextMetric
+
+if TYPE_CHECKING:
+    from pretextlab.tasks.config_checks import TaskConfigCheck
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,6 +108,29 @@ class PretextTask(L.LightningModule):
     #: "convnet" (any backbone with spatial maps), "transformer", or "any".
     requires: str = "any"
 
+    # -- what the rest of pretextlab reads about the task (recorded by task_info()) ----------------
+    #: The task's name in the table's rows; None: the config's ``task.name``.
+    table_label: str | None = None
+    #: Where the task's rows sit in the table, ascending. Built-ins: random init 0, inpainting 10,
+    #: context 20, colorization 30, jigsaw 40, rotation 50, MAE 60, multitask 70, supervised 80; a task
+    #: that does not say sits at 75, after the pretext tasks and before the supervised upper bound.
+    table_order: float = UNDECLARED_TABLE_ORDER
+    #: The pretext metric the table shows (see :meth:`pretext_metric_of` for one that depends on the
+    #: config); None: the first the run logged of the table's general list (``val_acc``, ...).
+    pretext_metric: PretextMetric | None = None
+    #: Published ImageNet linear-probe top-1 (%) of the method, shown for orientation (never measured
+    #: here); None: no published number in that setting. The built-ins' figures are those summarised
+    #: in the seed (see /work/shared/REFERENCES.md): AlexNet/ResNet-50-era models on ImageNet.
+    reference_imagenet_linear: float | None = None
+    #: The published figure shown for rows in RotNet's CIFAR-10 setting (``nin`` on CIFAR-10), as text.
+    reference_rotnet_cifar: str | None = None
+    #: How the backbone takes its input (an export's ``input.kind``, evaluate's preparation):
+    #: "rgb_normalized" (channel standardisation) or "lab_l" (the L of CIE Lab, colorization's).
+    input_kind: str = DEFAULT_INPUT_KIND
+    #: Whether ``pretextlab sweep`` runs the task when no task list is given (on the transformer
+    #: backbone when ``requires == "transformer"``, else on the configured one).
+    in_default_sweep: bool = False
+
     # Declared so that type checkers see these types rather than nn.Module's "Tensor | Module".
     backbone: Backbone
     mean: torch.Tensor  # buffers
@@ -152,6 +185,38 @@ class PretextTask(L.LightningModule):
             self.probe = nn.Linear(backbone.feature_dim, num_classes)
             self.probe_train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
             self.probe_val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+
+    # -- what the task says about itself -------------------------------------------------------
+    @classmethod
+    def pretext_metric_of(cls, config: Mapping[str, Any]) -> PretextMetric | None:
+        """The headline pretext metric of the task built from ``config`` (its task node); default
+        :attr:`pretext_metric`. A task whose metric depends on its settings overrides this."""
+        return cls.pretext_metric
+
+    @classmethod
+    def config_problems(cls, check: TaskConfigCheck) -> list[str]:
+        """Problems of the task's settings that involve the image size or the backbone, one line each in
+        config validation's wording (:func:`pretextlab.validation.problem`); default: none.
+
+        Called by config validation before anything is built, with the task's config node, the prefix of
+        its keys, the image size and the backbone on the ``meta`` device (:class:`TaskConfigCheck`).
+        """
+        return []
+
+    @classmethod
+    def task_info(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """What the table, export and evaluate need to know about the task built from ``config`` (its
+        task node), as plain JSON: written into ``results.json`` as ``task_info``."""
+        metric = cls.pretext_metric_of(config)
+        return {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "label": cls.table_label or str(config.get("name") or cls.__name__),
+            "order": float(cls.table_order),
+            "pretext_metric": None if metric is None else metric._asdict(),
+            "reference": {"imagenet_linear_top1": cls.reference_imagenet_linear,
+                          "rotnet_cifar": cls.reference_rotnet_cifar},
+            "input_kind": cls.input_kind,
+        }
 
     # -- what subclasses override ---------------------------------------------------------------
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:

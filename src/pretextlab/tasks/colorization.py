@@ -15,6 +15,7 @@ ResNet-18 predict at 4×4, upsampled to 8×8 targets.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch.nn import functional as F
 from pretextlab.ops import ab_bins
 from pretextlab.ops import lab as lab_conversion
 from pretextlab.ops.resize import bilinear_to_channels_last
+from pretextlab.task_info import PretextMetric
 from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,17 @@ class ColorizationTask(PretextTask):
     """
 
     requires = "convnet"
+    table_order = 30
+    reference_imagenet_linear = 40.0
+    input_kind = "lab_l"  # the backbone sees the L channel only
+    in_default_sweep = True
+
+    @classmethod
+    def pretext_metric_of(cls, config: Mapping[str, Any]) -> PretextMetric | None:
+        """Bin accuracy for the classification head; the regression head has no bins, so its ab error."""
+        if config.get("head", "classification") == "regression":
+            return PretextMetric("val_ab_mse", "ab MSE", False)
+        return PretextMetric("val_acc", "acc", True)
 
     bin_centres: torch.Tensor
     prior: torch.Tensor

@@ -17,7 +17,10 @@ from pretextlab.ops.patches import (
     project_out_green_magenta,
     sample_patch_pairs,
 )
+from pretextlab.task_info import PretextMetric
 from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError, accuracy, mlp_head
+from pretextlab.tasks.config_checks import Feed, TaskConfigCheck
+from pretextlab.validation import problem
 
 
 class ContextTask(PretextTask):
@@ -53,6 +56,35 @@ class ContextTask(PretextTask):
 
     chance_accuracy = 1.0 / NUM_NEIGHBOURS
     requires = "any"
+    table_order = 20
+    pretext_metric = PretextMetric("val_acc", "acc", True)
+    reference_imagenet_linear = 35.0
+    in_default_sweep = True
+
+    @classmethod
+    def config_problems(cls, check: TaskConfigCheck) -> list[str]:
+        """The 3x3 patch layout against the image size, and the patches it feeds the backbone."""
+        prefix = check.prefix
+        options = {key: check.setting(key) for key in ("min_cut_size", "layout_room", "patch_size", "gap", "jitter")}
+        try:
+            cut_size, layout = cls.plan_layout(check.image_size, **options)
+        except TaskConfigError as error:
+            key = next((k for k in ("patch_size", "gap", "jitter", "layout_room", "min_cut_size")
+                        if options[k] is not None and k in str(error)), "patch_size")
+            return [problem(f"{prefix}{key}", options[key], str(error))]
+        if check.backbone is None or not check.backbone.is_convolutional:
+            return []  # a transformer gets every patch resized to the image size
+        upsample_to = int(check.setting("min_input_size") or 0)
+        if upsample_to > layout.patch:
+            what = f"{layout.patch} px patches upsampled to {upsample_to} px ({prefix}min_input_size)"
+            return check.feed_problems([Feed(what, upsample_to, f"{prefix}min_input_size", upsample_to,
+                                             lambda needed: f"use {prefix}min_input_size >= {needed}")])
+        what = f"{layout.patch} px patches as cut ({cut_size} px cut; {prefix}min_input_size={upsample_to} " \
+               "does not upsample them)"
+        return check.feed_problems([Feed(what, layout.patch, f"{prefix}min_input_size", upsample_to,
+                                         lambda needed: f"use {prefix}min_input_size >= {needed} (patches are "
+                                                        f"upsampled to it), or a larger {prefix}patch_size / "
+                                                        "data.source.image_size")])
 
     @staticmethod
     def plan_layout(image_size: int, min_cut_size: int = 0, layout_room: int | None = 0,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pretextlab.ops.masks import MASK_KINDS, check_mask_fraction, default_border_width, make_masks, overlap_border
+from pretextlab.task_info import PretextMetric
 from pretextlab.tasks.base import ExtraOptimizer, PretextOutput, PretextTask, TaskConfigError
 
 
@@ -124,6 +125,10 @@ class InpaintingTask(PretextTask):
 
     chance_accuracy = None
     requires = "convnet"
+    table_order = 10
+    pretext_metric = PretextMetric("val_masked_mse", "masked MSE", False)
+    # Context encoders have no published ImageNet linear-probe number in the table's setting.
+    in_default_sweep = True
 
     def __init__(
         self,

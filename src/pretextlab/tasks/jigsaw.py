@@ -18,6 +18,7 @@ from pretextlab.ops.tiles import (
     random_grayscale,
     tile_geometry,
 )
+from pretextlab.task_info import PretextMetric
 from pretextlab.tasks.base import (
     PretextOutput,
     PretextTask,
@@ -26,6 +27,8 @@ from pretextlab.tasks.base import (
     mlp_head,
     smallest_input_size,
 )
+from pretextlab.tasks.config_checks import Feed, TaskConfigCheck
+from pretextlab.validation import problem
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,62 @@ class JigsawTask(PretextTask):
     """
 
     requires = "convnet"
+    table_order = 40
+    pretext_metric = PretextMetric("val_acc", "acc", True)
+    reference_imagenet_linear = 45.0
+    in_default_sweep = True
     # Buffers, annotated so that type checkers see tensors rather than "Tensor | Module".
     permutations: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+
+    @classmethod
+    def config_problems(cls, check: TaskConfigCheck) -> list[str]:
+        """The grid against the image size and its permutation count (the rules live with the ops), and
+        the tiles it feeds the backbone against the smallest input the backbone takes."""
+        prefix, image_size = check.prefix, check.image_size
+        grid = check.setting("grid")
+        ratio, jitter = float(check.setting("tile_ratio")), int(check.setting("color_jitter_px"))
+        problems: list[str] = []
+        count = check.setting("num_permutations")
+        if count is not None:
+            try:
+                validate_request(count, grid)
+            except ValueError as error:
+                problems.append(problem(f"{prefix}num_permutations", count, str(error)))
+        try:
+            geometry = tile_geometry(image_size, image_size, grid, ratio, jitter)
+        except ValueError as error:
+            return [problem(f"{prefix}grid", grid, str(error)), *problems]
+
+        def tile_side(size: int, cells: int) -> int:
+            try:
+                return tile_geometry(size, size, cells, ratio, jitter).tile
+            except ValueError:
+                return 0
+
+        resize = check.setting("tile_input_size")
+        if resize == "auto":
+            return problems  # the task sizes its tiles to what every stage of the backbone can take
+        if resize is not None:
+            return problems + check.feed_problems([
+                Feed(f"tiles resized to {resize} px", int(resize), f"{prefix}tile_input_size", resize,
+                     lambda needed: f"use {prefix}tile_input_size >= {needed}")])
+
+        def fixes(needed: int) -> str:
+            ways = []
+            larger = next((size for size in range(image_size + 1, 64 * needed * grid)
+                           if tile_side(size, grid) >= needed), None)
+            if larger is not None:
+                ways.append(f"data.source.image_size >= {larger}")
+            smaller_grid = next((g for g in range(grid - 1, 1, -1) if tile_side(image_size, g) >= needed), None)
+            if smaller_grid is not None:
+                ways.append(f"{prefix}grid={smaller_grid}")
+            ways.append(f"{prefix}tile_input_size={needed} (tiles resized)")
+            return "use " + ", or ".join(ways)
+
+        what = f"{geometry.tile} px tiles (a {grid}x{grid} grid on {image_size} px images, tile_ratio {ratio:g})"
+        return problems + check.feed_problems([Feed(what, geometry.tile, "data.source.image_size", image_size, fixes)])
 
     def __init__(
         self,

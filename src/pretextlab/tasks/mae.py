@@ -20,6 +20,7 @@ from pretextlab.ops.tokens import (
     restore_order,
     unpatchify,
 )
+from pretextlab.task_info import PretextMetric
 from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError
 
 
@@ -69,6 +70,10 @@ class MAETask(PretextTask):
     """
 
     requires = "transformer"
+    table_order = 60
+    pretext_metric = PretextMetric("val_mse", "MSE", False)
+    # No published ImageNet linear-probe number in the table's (AlexNet/ResNet-50-era) setting.
+    in_default_sweep = True
 
     def __init__(self, mask_ratio: float = 0.75, norm_pix_loss: bool = True, decoder_dim: int = 64,
                  decoder_depth: int = 2, decoder_heads: int = 4, **kwargs: Any) -> None:

@@ -13,7 +13,9 @@ from typing import Any, cast
 
 import torch
 
+from pretextlab.task_info import PretextMetric
 from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError
+from pretextlab.tasks.config_checks import TaskConfigCheck
 
 
 def _declared_in_channels(factory: Callable[..., PretextTask]) -> int | None:
@@ -57,6 +59,30 @@ class MultiTask(PretextTask):
     for NaN/Inf. Clean images enter the backbone the way the first member feeds them (the probe and
     evaluation use that), and the first member's ``clean_features`` / ``pretext_features`` are reused by the probe.
     """
+
+    table_order = 70
+    # Members log their metrics under their own names (rotation_acc, ...): the table shows the summed loss.
+    pretext_metric = PretextMetric("val_loss", "loss", False)
+
+    @classmethod
+    def config_problems(cls, check: TaskConfigCheck) -> list[str]:
+        """Each member's own checks (members with a weight <= 0 are left out, as the task leaves them out)."""
+        from hydra.utils import get_class
+
+        problems: list[str] = []
+        for member, spec in (check.node.get("members") or {}).items():
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("task"), Mapping):
+                continue  # the task itself reports a malformed member
+            weight = spec.get("weight", 1.0)
+            if isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight <= 0:
+                continue
+            try:
+                member_class = get_class(str(spec["task"].get("_target_")))
+            except Exception:  # an unknown member class is reported when it is built
+                continue
+            if isinstance(member_class, type) and issubclass(member_class, PretextTask):
+                problems += member_class.config_problems(check.for_member(str(member), spec["task"], member_class))
+        return problems
 
     def __init__(self, members: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pretextlab.ops.rotation import rotate_batch_all_four
+from pretextlab.task_info import PretextMetric
 from pretextlab.tasks.base import PretextOutput, PretextTask, accuracy, mlp_head
 
 
@@ -19,6 +20,11 @@ class RotationTask(PretextTask):
     """
 
     chance_accuracy = 0.25
+    table_order = 50
+    pretext_metric = PretextMetric("val_acc", "acc", True)
+    reference_imagenet_linear = 48.0
+    reference_rotnet_cifar = "RotNet CIFAR-10 block2: 89.06 non-linear / 91.16 conv"
+    in_default_sweep = True
 
     def __init__(self, head_hidden: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
