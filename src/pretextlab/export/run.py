@@ -7,7 +7,6 @@ run and its export carry the same description and weights checksum.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 
 from pretextlab.backbones.base import Backbone
 from pretextlab.export.format import FORMAT, FORMAT_VERSION, WEIGHTS_NAME, ExportError, build_checked, write_export
+from pretextlab.results import RESULTS_FILE, ResultsError, ResultsRecord
 from pretextlab.task_info import input_kind_of
 
 #: Where a task keeps its backbone in its state dict.
@@ -31,15 +31,19 @@ def _plain(value: Any) -> Any:
 
 
 def _read_results(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "results.json"
+    """The run's results.json, read and checked by :class:`~pretextlab.results.ResultsRecord` like every
+    reader does, and holding the resolved backbone config export rebuilds the backbone from."""
+    path = run_dir / RESULTS_FILE
     if not path.is_file():
         raise ExportError(f"{run_dir} has no results.json; export needs a run directory written by pretextlab.train")
     try:
-        results = json.loads(path.read_text())
-        backbone_config = results["config"]["backbone"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ExportError(f"{path} does not hold a run's resolved config (config.backbone): {error}") from error
-    if not isinstance(backbone_config, dict) or "name" not in backbone_config:
+        results = ResultsRecord.read(path).to_dict()
+    except ResultsError as error:
+        raise ExportError(str(error)) from error
+    backbone_config = (results.get("config") or {}).get("backbone")
+    if not isinstance(backbone_config, dict):
+        raise ExportError(f"{path} does not hold a run's resolved config (config.backbone)")
+    if "name" not in backbone_config:
         raise ExportError(f"{path}: config.backbone has no 'name'")
     return results
 
