@@ -20,49 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-#: The user's module: a pretext task of their own (predict whether the image was mirrored).
-USER_TASK = '''
-from __future__ import annotations
-
-from typing import Any
-
-import torch
-from torch import nn
-
-from pretextlab.tasks.base import PretextOutput, PretextTask, accuracy
-
-
-class FlipTask(PretextTask):
-    """Predict whether an image was mirrored left-right."""
-
-    chance_accuracy = 0.5
-    # What the table reads (recorded in results.json as task_info): its label and its place.
-    table_label = "mirror flip"
-    table_order = 45  # between jigsaw and rotation
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.head = nn.Linear(self.backbone.feature_dim, 2)
-
-    def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
-        inputs = self.backbone_input(images)
-        both = torch.cat([inputs, torch.flip(inputs, dims=[-1])])
-        targets = torch.cat([torch.zeros(len(images)), torch.ones(len(images))]).long().to(images.device)
-        features = self.backbone(both)
-        logits = self.head(features)
-        return PretextOutput(loss=nn.functional.cross_entropy(logits, targets),
-                             metrics={"acc": accuracy(logits, targets)}, clean_features=features[: len(images)])
-'''
-
-#: Its config, beside the packaged task configs (it reuses the packaged optimiser defaults).
-USER_TASK_YAML = """\
-defaults:
-  - _optim
-  - _self_
-_target_: flip_task.FlipTask
-name: flip
-"""
+from tests.user_project import write_user_project
 
 #: A whole job in seconds, with the default (CSV) logger.
 TINY = [
@@ -99,11 +57,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _project(tmp_path: Path) -> Path:
     """An empty project folder with the user's module and config folder, outside the repository."""
-    project = tmp_path / "my_project"
-    (project / "my_configs" / "task").mkdir(parents=True)
-    (project / "flip_task.py").write_text(USER_TASK)
-    (project / "my_configs" / "task" / "flip.yaml").write_text(USER_TASK_YAML)
-    return project
+    return write_user_project(tmp_path / "my_project")
 
 
 def _run(bin_dir: Path, project: Path, *arguments: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
@@ -126,40 +80,40 @@ def test_the_wheel_ships_the_configs_and_the_command_composes_a_user_task_from_a
     project = _project(tmp_path)
     listed = _run(installed, project, "--help")
     assert listed.returncode == 0 and "sweep" in listed.stdout and "evaluate" in listed.stdout
-    composed = _run(installed, project, "train", "-cd", "my_configs", "task=flip", "--cfg", "job", "--resolve")
+    composed = _run(installed, project, "train", "-cd", "my_configs", "task=toyflip", "--cfg", "job", "--resolve")
     assert composed.returncode == 0, composed.stderr
-    assert "_target_: flip_task.FlipTask" in composed.stdout and "momentum: 0.9" in composed.stdout
+    assert "_target_: toy_flip_task.ToyFlipTask" in composed.stdout and "momentum: 0.9" in composed.stdout
     # Outputs go under the folder the command runs from.
     assert f"{project}/outputs" in composed.stdout
     unknown = _run(installed, project, "trian")
     assert unknown.returncode == 2 and unknown.stderr.strip().splitlines() == [
         "pretextlab: error: unknown command 'trian'; did you mean `pretextlab train`? "
         "commands: train, sweep, table, evaluate, export, audit, select"]
-    missing = _run(installed, project, "train", "task=flip")  # the user's folder was not given
-    assert missing.returncode == 2 and "could not find 'task/flip'" in missing.stderr
+    missing = _run(installed, project, "train", "task=toyflip")  # the user's folder was not given
+    assert missing.returncode == 2 and "could not find 'task/toyflip'" in missing.stderr
     assert not (project / "outputs").exists()
 
 
 @pytest.mark.slow
 def test_a_user_task_trains_sweeps_against_a_built_in_task_and_lands_in_the_table(installed, tmp_path):
     project = _project(tmp_path)
-    trained = _run(installed, project, "train", "-cd", "my_configs", "task=flip", *TINY)
+    trained = _run(installed, project, "train", "-cd", "my_configs", "task=toyflip", *TINY)
     assert trained.returncode == 0, trained.stderr[-3000:]
     (run_dir,) = (project / "outputs" / "runs").iterdir()
     assert (run_dir / "results.json").is_file() and (run_dir / "csv").is_dir()  # the default logger wrote
 
-    swept = _run(installed, project, "sweep", "-cd", "my_configs", "--tasks", "flip,rotation", "--vit-tasks", "",
+    swept = _run(installed, project, "sweep", "-cd", "my_configs", "--tasks", "toyflip,rotation", "--vit-tasks", "",
                  *TINY)
     assert swept.returncode == 0, swept.stderr[-3000:]
     (sweep_dir,) = (project / "outputs" / "sweeps").iterdir()
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0_none", "1_flip", "2_rotation"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0_none", "1_toyflip", "2_rotation"]
 
     (sweep_dir / "table.csv").unlink()
     tabled = _run(installed, project, "table", str(sweep_dir))
     assert tabled.returncode == 0, tabled.stderr
     with open(sweep_dir / "table.csv", newline="") as handle:
         rows = {row["task"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"none", "flip", "rotation"}, rows.keys()
+    assert set(rows) == {"none", "toyflip", "rotation"}, rows.keys()
     assert all(rows[name]["status"] == "ok" for name in rows), rows
-    assert rows["flip"]["task_label"].startswith("mirror flip ("), rows["flip"]  # the class's own label
-    assert list(rows) == ["none", "flip", "rotation"]  # its declared place: before rotation
+    assert rows["toyflip"]["task_label"].startswith("mirror flip ("), rows["toyflip"]  # the class's own label
+    assert list(rows) == ["none", "toyflip", "rotation"]  # its declared place: before rotation
