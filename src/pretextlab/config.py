@@ -38,3 +38,9 @@ def compose_train(overrides: list[str] | tuple[str, ...] = (), return_hydra_conf
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="train", overrides=[*searchpath_override(config_dirs), *overrides],
                        return_hydra_config=return_hydra_config)
+
+
+def quoted_value(value: str) -> str:
+    """A Hydra override value holding ``value`` verbatim: quoted, so commas, spaces and '=' stay literal,
+    with quotes, backslashes and ``${`` escaped (a path is never read as an interpolation)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"

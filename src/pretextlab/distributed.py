@@ -47,6 +47,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from pretextlab.config import quoted_value
+
 log = logging.getLogger("pretextlab.distributed")
 
 #: ``host:port`` of the leader's store, inherited by the processes Lightning starts.
@@ -292,9 +294,8 @@ def _share_sweep_dir() -> Path:
     """
     hydra_cfg = HydraConfig.get()
     sweep_dir = Path(os.path.abspath(Path(get_original_cwd(), str(hydra_cfg.sweep.dir))))
-    quoted = str(sweep_dir).replace("'", "\\'").replace("${", "\\${")
     kept = [arg for arg in sys.argv[1:] if not arg.lstrip("+~").startswith("hydra.sweep.dir=")]
-    sys.argv[1:] = [*kept, f"hydra.sweep.dir='{quoted}'"]
+    sys.argv[1:] = [*kept, f"hydra.sweep.dir={quoted_value(str(sweep_dir))}"]
     return sweep_dir
 
 

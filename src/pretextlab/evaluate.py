@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pretextlab.config import ConfigError
+from pretextlab.config import ConfigError, quoted_value
 from pretextlab.redaction import redact
 from pretextlab.export import DEFAULT_INPUT_KIND, ExportError
 from pretextlab.task_info import input_kind_of
@@ -590,11 +590,6 @@ _NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", 
                  "--version"}
 
 
-def _quote(value: str) -> str:
-    """A Hydra override value holding ``value`` verbatim (quoted: commas, spaces and '=' stay literal)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _split_arguments(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     """``(flags with their values, overrides, positional paths)`` of a command line, in order."""
     flags: list[str] = []
@@ -633,7 +628,7 @@ def hydra_arguments(argv: list[str]) -> list[str]:
     if paths and named:
         raise ConfigError("give the pretrained backbone either as a path or as pretrained=..., not both")
     if paths:
-        out.append("pretrained=" + ",".join(_quote(p) for p in paths))
+        out.append("pretrained=" + ",".join(quoted_value(p) for p in paths))
         if len(paths) > 1 and not ({"-m", "--multirun"} & set(out)):
             out.insert(0, "--multirun")
     elif not named and not (_NO_RUN_FLAGS & set(out)):

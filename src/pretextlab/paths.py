@@ -48,24 +48,24 @@ def searchpath_override(config_dirs: Sequence[str | Path]) -> list[str]:
     return [f"hydra.searchpath=[{entries}]"]
 
 
-def git_commit(folder: Path) -> str | None:
-    """The commit checked out in ``folder``'s git repository, or None outside one (or without git)."""
+def _git(folder: Path, *arguments: str) -> str | None:
+    """``git <arguments>`` run in ``folder``: its output, or None outside a repository (or without git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                             timeout=5, check=False)
+        out = subprocess.run(["git", *arguments], cwd=folder, capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in ``folder``'s git repository, or None."""
+    return _git(folder, "rev-parse", "HEAD")
+
+
 def git_toplevel(folder: Path) -> Path | None:
     """The root of the git repository holding ``folder``, or None."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True,
-                             timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+    root = _git(folder, "rev-parse", "--show-toplevel")
+    return Path(root) if root else None
 
 
 def register_resolvers() -> None:

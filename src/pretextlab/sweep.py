@@ -77,10 +77,6 @@ def sweep_key(tasks: str, vit_tasks: str, vit_backbone: str, vit_args: str, over
     return hashlib.sha256("".join(f"{part}\n" for part in parts).encode()).hexdigest()[:10]
 
 
-def _quoted(path: Path) -> str:
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _say(text: str) -> None:
     print(f"{LOG_PREFIX} {text}", file=sys.stderr, flush=True)
 
@@ -127,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     status = 0
     if tasks:
-        command = [*train, f"task={tasks}", f"hydra.sweep.dir={_quoted(sweep_dir)}", *searchpath, *args.overrides]
+        command = [*train, f"task={tasks}", f"hydra.sweep.dir={quoted_value(str(sweep_dir))}", *searchpath, *args.overrides]
         status = subprocess.call(command, env=child_env) or status
     if vit_tasks:
         # The user's backbone choice applies to the convolutional tasks only.
         own = [arg for arg in args.overrides if not arg.lstrip("+~").startswith(("backbone=", "backbone."))]
         command = [*train, f"task={vit_tasks}", f"backbone={args.vit_backbone}",
-                   f"hydra.sweep.dir={_quoted(sweep_dir)}",
+                   f"hydra.sweep.dir={quoted_value(str(sweep_dir))}",
                    "hydra.sweep.subdir=${hydra.job.num}_${task.name}_${backbone.name}",
                    *searchpath, *shlex.split(args.vit_args), *own]
         status = subprocess.call(command, env=child_env) or status
