@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pretextlab.config import quoted_value
 from pretextlab.paths import config_dir, searchpath_override
 
 DEFAULT_VIT_BACKBONE = "vit_tiny"
