@@ -16,9 +16,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-#: Hydra's name of the packaged configs, for ``hydra.searchpath`` in a user's primary config.
-CONFIG_PACKAGE = "pkg://pretextlab.conf"
-
 
 def config_dir() -> Path:
     """The packaged config folder (``train.yaml``, ``evaluate.yaml`` and the config groups)."""
@@ -31,13 +28,6 @@ def source_checkout() -> Path | None:
     if (root / "pyproject.toml").is_file() and (root / ".git").exists() and (root / "src" / "pretextlab").is_dir():
         return root
     return None
-
-
-def repository_config_dir() -> Path | None:
-    """The checkout's own presets folder (``<checkout>/conf``: data beside the repository), if any."""
-    root = source_checkout()
-    folder = root / "conf" if root is not None else None
-    return folder if folder is not None and folder.is_dir() else None
 
 
 def searchpath_override(config_dirs: Sequence[str | Path]) -> list[str]:
