@@ -348,3 +348,40 @@ def test_sparse_soft_cross_entropy_matches_log_softmax_gather_in_value_and_gradi
     assert torch.allclose(ours_input.grad, reference_input.grad, atol=1e-5)
     with pytest.raises(ValueError, match="do not match"):
         ab_bins.sparse_soft_cross_entropy(logits, indices[..., :4], weights)
+
+
+# -- colorization's floor: a random-init backbone of one channel, fed the same L --------------------
+def test_a_one_channel_random_init_reads_the_l_channel_colorization_reads(make_config):
+    """`task=none task.in_channels=1` is colorization's random-init floor: the same input (scaled L),
+    declared as such in task_info (so the table pairs the two rows and evaluate/export prepare L)."""
+    from pretextlab.tasks.none import RandomInitTask
+
+    cfg = make_config(["task=none", "task.in_channels=1"])
+    floor = instantiate(cfg.task, backbone=instantiate(cfg.backbone))
+    colorization_cfg = make_config(["task=colorization"])
+    colorization = instantiate(colorization_cfg.task, backbone=instantiate(colorization_cfg.backbone))
+    images = torch.rand(4, 3, 32, 32)
+    assert floor.backbone.in_channels == 1
+    assert torch.equal(floor.backbone_input(images), colorization.backbone_input(images))
+    assert torch.equal(floor.encoder()(images), floor.backbone(lab_conversion.lightness_input(images)))
+    info = RandomInitTask.task_info({"name": "none", "in_channels": 1})
+    assert info["input_kind"] == "lab_l" == ColorizationTask.task_info({"name": "colorization"})["input_kind"]
+    assert info["label"] == "random init, L channel"
+    assert RandomInitTask.task_info({"name": "none", "in_channels": 3})["input_kind"] == "rgb_normalized"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task=rotation", "task.in_channels=1"],
+     "task.in_channels=1 is not allowed: task=rotation feeds RGB images (rgb_normalized), so task.in_channels must be 3"),
+    (["task=colorization", "task.in_channels=3"],
+     "task.in_channels=3 is not allowed: task=colorization feeds the L channel of CIE Lab (lab_l), so "
+     "task.in_channels must be 1"),
+])
+def test_a_task_fed_the_wrong_number_of_channels_is_refused_before_anything_is_built(overrides, message):
+    from pretextlab.config import ConfigError, compose_train
+    from pretextlab.validation import validate_config
+
+    with pytest.raises(ConfigError) as refused:
+        validate_config(compose_train(overrides))
+    assert message in str(refused.value)
+    validate_config(compose_train(["task=none", "task.in_channels=1"]))  # random init takes either

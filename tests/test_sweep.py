@@ -33,6 +33,8 @@ TINY_JOB = [
     "eval.protocols.linear.weight_decays=[0.0]",
     "logger=none",
 ]
+#: table.csv's column of a row's difference to the random init of its own backbone (points).
+DELTA = "linear_best_minus_own_random_init_pct_mean"
 SKIP_LINE = "already holds finished results for this config: skipping the job"
 
 
@@ -110,17 +112,30 @@ def test_multirun_sh_builds_the_table_and_rerunning_it_runs_no_job_again(tmp_pat
                     "(multirun.sh would reinstall it)")
     sweep_dir = tmp_path / "sweep"
     command = ["bash", str(ROOT / "multirun.sh"), *TINY_JOB]
-    env = {"TASKS": "none,rotation", "VIT_TASKS": "", "SWEEP_DIR": str(sweep_dir), "PRETEXTLAB_VENV": str(venv)}
+    env = {"TASKS": "none,rotation,colorization", "VIT_TASKS": "", "SWEEP_DIR": str(sweep_dir),
+           "PRETEXTLAB_VENV": str(venv)}
 
     first = _run(command, **env)
     assert f"[multirun] sweep directory: {sweep_dir}" in first.stderr
     results = _results(sweep_dir)
-    assert set(results) == {"0_none", "1_rotation"}
+    # Colorization's 1-channel backbone reads the L channel: the sweep adds that backbone's random init.
+    assert set(results) == {"0_none", "1_rotation", "2_colorization", "0_none_1ch"}
     assert all(r["status"] == "ok" for r in results.values())
-    rows = _table_rows(sweep_dir)
-    assert set(rows) == {"none", "rotation"} and all(row["status"] == "ok" for row in rows.values())
+    assert results["0_none_1ch"]["config"]["backbone"]["in_channels"] == 1
+    assert results["0_none_1ch"]["task_info"]["input_kind"] == "lab_l"
+    with (sweep_dir / "table.csv").open() as handle:
+        rows = {row["task_label"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"random init", "random init, L channel", "rotation (1 ep × 128 img)",
+                         "colorization (1 ep × 128 img)"}, list(rows)
+    assert all(row["status"] == "ok" for row in rows.values())
+    best = {name: 100 * r["eval"]["linear"]["top1"] for name, r in results.items()}
+    assert float(rows["colorization (1 ep × 128 img)"][DELTA]) == pytest.approx(
+        best["2_colorization"] - best["0_none_1ch"], abs=0.06)  # its own floor, never the RGB one
+    assert float(rows["rotation (1 ep × 128 img)"][DELTA]) == pytest.approx(
+        best["1_rotation"] - best["0_none"], abs=0.06)
     markdown = (sweep_dir / "table.md").read_text()
     assert "| random init | convnet | synthetic |" in markdown
+    assert "| random init, L channel | convnet | synthetic |" in markdown
     assert "| rotation (1 ep × 128 img) | convnet | synthetic |" in markdown  # the label carries the budget
 
     # The same command again: both jobs are found finished (same resolved config) and skipped.
@@ -130,7 +145,7 @@ def test_multirun_sh_builds_the_table_and_rerunning_it_runs_no_job_again(tmp_pat
     assert any(p.suffix == ".ckpt" for p in before) and any(p.name == "results.json" for p in before)
     second = _run(command, **env)
     log = second.stdout + second.stderr
-    assert log.count(SKIP_LINE) == 2, log[-3000:]
+    assert log.count(SKIP_LINE) == 4, log[-3000:]
     assert "resuming from" not in log
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs}
     assert after == before, "re-running a finished sweep rewrote job outputs"

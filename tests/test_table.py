@@ -334,3 +334,26 @@ def test_variants_of_the_backbone_or_of_the_chosen_options_never_merge_into_one_
     assert any("backbone.width=32" in label for label in labels), labels
     assert any("experiment=quick" in label for label in labels), labels
     assert sum(label.startswith("jigsaw ") for label in labels) == 2, labels
+
+
+def test_colorization_is_compared_with_the_random_init_of_its_own_one_channel_backbone(tmp_path):
+    """Colorization's backbone reads the L channel (in_channels=1): its floor is `task=none
+    task.in_channels=1` (pretextlab sweep adds that job), never the RGB random init."""
+    def config(task: str, channels: int, epochs: int) -> dict[str, Any]:
+        return {"task": {"name": task, "in_channels": channels}, "trainer": {"max_epochs": epochs},
+                "backbone": {"width": 16, "in_channels": channels},
+                "data": {"source": {"num_train": 100}, "seed": 0}, "eval": {"pool_dim": 2048, "seed": 0}}
+    sweep = write_sweep(tmp_path / "sweep", [
+        with_stages(ok_record("none", 0.30), {"block1": 0.30}, config=config("none", 3, 0)),
+        with_stages(ok_record("none", 0.25), {"block1": 0.25}, config=config("none", 1, 0)),
+        with_stages(ok_record("rotation", 0.50), {"block1": 0.50}, config=config("rotation", 3, 5)),
+        with_stages(ok_record("colorization", 0.40), {"block1": 0.40}, config=config("colorization", 1, 5)),
+    ])
+    markdown = build_table([sweep])
+    column = header(markdown).index("Δ vs own random init (points)")
+    rows = {r[0]: r for r in body_rows(markdown)}
+    assert rows["rotation (5 ep × 100 img)"][column] == "+20.0"
+    assert rows["colorization (5 ep × 100 img)"][column] == "+15.0"  # vs the L random init (25), not 30
+    assert rows["random init, L channel"][column] == "–" and rows["random init"][column] == "–"
+    stage_lines = [line for line in markdown.splitlines() if line.startswith("| colorization")]
+    assert stage_lines and "40.0 (+15.0)" in stage_lines[-1]

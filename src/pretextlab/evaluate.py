@@ -54,7 +54,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pretextlab.config import ConfigError, quoted_value
 from pretextlab.redaction import redact
 from pretextlab.export import DEFAULT_INPUT_KIND, ExportError
-from pretextlab.task_info import input_kind_of
+from pretextlab.task_info import INPUT_KIND_CHANNELS, input_kind_of
 from pretextlab.paths import config_dir
 from pretextlab.provenance import provenance
 from pretextlab.results import (SCHEMA_VERSION, TRANSFER_KIND, ResultsError, ResultsRecord, chosen_options, lookup_metric,
@@ -67,7 +67,6 @@ from pretextlab.rundir import RESULTS_FILE, JobNotRunError, hydra_choices, open_
 log = logging.getLogger("pretextlab.evaluate")
 
 #: How each input kind turns [0, 1] RGB into the backbone's input, and its channel count.
-INPUT_CHANNELS = {"rgb_normalized": 3, "lab_l": 1}
 #: The key results.json's recorded config gains: the checksum of the weights evaluated. A re-run after
 #: the pretrained run changed is then another config (refused, or replaced with overwrite=true), never
 #: skipped as if it had been evaluated already.
@@ -90,9 +89,9 @@ class InputPreparation:
     """
 
     def __init__(self, kind: str, mean: list[float] | None = None, std: list[float] | None = None) -> None:
-        if kind not in INPUT_CHANNELS:
+        if kind not in INPUT_KIND_CHANNELS:
             raise ExportError(f"the backbone's input kind {kind!r} is unknown to this pretextlab "
-                              f"(it knows {sorted(INPUT_CHANNELS)})")
+                              f"(it knows {sorted(INPUT_KIND_CHANNELS)})")
         if kind == "rgb_normalized" and (mean is None or std is None or len(mean) != 3 or len(std) != 3):
             raise ExportError(f"input kind rgb_normalized needs 3 mean and 3 std values, got {mean}, {std}")
         self.kind = kind
@@ -102,13 +101,13 @@ class InputPreparation:
 
     @property
     def channels(self) -> int:
-        return INPUT_CHANNELS[self.kind]
+        return INPUT_KIND_CHANNELS[self.kind]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.kind == "lab_l":
-            from pretextlab.ops.lab import rgb_to_lab
+            from pretextlab.ops.lab import lightness_input
 
-            return rgb_to_lab(images)[:, :1] / 50.0 - 1.0
+            return lightness_input(images)
         from pretextlab.ops.augment import normalize
 
         assert self.mean is not None and self.std is not None

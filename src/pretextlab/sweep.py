@@ -9,7 +9,9 @@ Without ``--tasks`` / ``--vit-tasks``, the sweep runs every packaged task whose 
 ``in_default_sweep``, in table order. Convolutional tasks run on the configured backbone (convnet by default); transformer tasks (MAE) run
 on ``--vit-backbone`` in a second Hydra multirun into the same sweep directory, so one table shows all.
 Each of the two gets a random-init row (``task=none``) of its own backbone, added when not listed: the
-table compares every row with the random init of its own backbone.
+table compares every row with the random init of its own backbone. A task whose backbone reads other
+input than RGB (colorization's 1-channel backbone reads the L channel) gets that backbone's random init
+too: ``task=none task.in_channels=1``, in a multirun of its own (job ``0_none_1ch``).
 
 The sweep directory (``./outputs/sweeps/sweep-<key>``) is named by the command, so the same command
 finds the same directory: finished jobs are skipped and interrupted ones resume from their last
@@ -70,6 +72,47 @@ def with_floor(tasks: str) -> str:
     return ",".join([RANDOM_INIT, *names])
 
 
+def _task_node(name: str, config_dirs: list[Path]) -> Any:
+    """The task config ``task/<name>.yaml`` as Hydra finds it (the user's folders first), or None."""
+    from omegaconf import OmegaConf
+
+    for folder in [*config_dirs, config_dir()]:
+        path = folder / "task" / f"{name}.yaml"
+        if path.is_file():
+            return OmegaConf.load(path)
+    return None
+
+
+def floor_channels(tasks: str, config_dirs: list[Path]) -> list[int]:
+    """The ``task.in_channels`` of the extra random-init rows ``tasks`` need: one per input kind, other
+    than the random init's default, that a listed task's backbone reads and a random init can be fed."""
+    from hydra.utils import get_class
+    from omegaconf import DictConfig, OmegaConf
+
+    from pretextlab.task_info import DEFAULT_INPUT_KIND, INPUT_KIND_CHANNELS
+
+    names = [name for name in tasks.split(",") if name]
+    if RANDOM_INIT not in names:
+        return []
+    random_init: Any = get_class(str(_task_node(RANDOM_INIT, config_dirs)["_target_"]))
+    channels: list[int] = []
+    for name in names:
+        node = _task_node(name, config_dirs)
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if name == RANDOM_INIT or target is None:
+            continue  # an unknown task: its own job names the problem
+        try:
+            task_class: Any = get_class(str(target))
+            kind = task_class.input_kind_of(OmegaConf.to_container(node))
+        except Exception:
+            continue  # likewise
+        count = INPUT_KIND_CHANNELS.get(kind)
+        if (kind != DEFAULT_INPUT_KIND and count is not None and count not in channels
+                and random_init.input_kind_of({"in_channels": count}) == kind):
+            channels.append(count)
+    return channels
+
+
 def sweep_key(tasks: str, vit_tasks: str, vit_backbone: str, vit_args: str, overrides: list[str],
               config_dirs: list[Path]) -> str:
     """Ten hex digits naming the sweep's command (what multirun.sh has always hashed, plus any config folders)."""
@@ -125,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     if tasks:
         command = [*train, f"task={tasks}", f"hydra.sweep.dir={quoted_value(str(sweep_dir))}", *searchpath, *args.overrides]
+        status = subprocess.call(command, env=child_env) or status
+    for channels in floor_channels(tasks, args.config_dirs):
+        command = [*train, f"task={RANDOM_INIT}", f"task.in_channels={channels}",
+                   f"hydra.sweep.dir={quoted_value(str(sweep_dir))}",
+                   "hydra.sweep.subdir=${hydra.job.num}_${task.name}_${task.in_channels}ch",
+                   *searchpath, *args.overrides]
         status = subprocess.call(command, env=child_env) or status
     if vit_tasks:
         # The user's backbone choice applies to the convolutional tasks only.

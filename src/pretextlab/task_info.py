@@ -20,8 +20,11 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 #: How a backbone takes its input unless its task says otherwise: RGB standardised with the
-#: pretraining data's channel statistics (``pretextlab.evaluate`` also knows ``lab_l``).
+#: pretraining data's channel statistics.
 DEFAULT_INPUT_KIND = "rgb_normalized"
+#: The input kinds pretextlab can prepare (evaluate, export, the random-init floor), with the channels
+#: each gives the backbone: ``lab_l`` is the L of CIE Lab scaled to [-1, 1], colorization's input.
+INPUT_KIND_CHANNELS = {"rgb_normalized": 3, "lab_l": 1}
 #: Table order of a task that declares none: after the built-in pretext tasks, before supervised.
 UNDECLARED_TABLE_ORDER = 75.0
 
@@ -90,6 +93,16 @@ def recorded_task_info(record: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     described = task_class.task_info({"name": name, **task_config})
     return described if isinstance(described, dict) else {}
+
+
+def input_kind_problem(kind: str, in_channels: Any) -> str | None:
+    """Why a task of input kind ``kind`` cannot be fed ``in_channels`` channels (None: it can, or the
+    kind is a user's own, which pretextlab does not know)."""
+    channels = INPUT_KIND_CHANNELS.get(kind)
+    if channels is None or in_channels == channels:
+        return None
+    what = "the L channel of CIE Lab" if kind == "lab_l" else "RGB images"
+    return f"feeds {what} ({kind}), so task.in_channels must be {channels}, got {in_channels}"
 
 
 def input_kind_of(record: Mapping[str, Any]) -> str:

@@ -431,8 +431,15 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
     task_class, class_problems = _task_class(cfg)
     problems += class_problems
 
-    # The channels the task feeds and the channels the backbone is built for.
+    # The channels the task feeds (its input kind's) and the channels the backbone is built for.
     task_channels, backbone_channels = cfg.task.get("in_channels"), cfg.backbone.get("in_channels")
+    input_kind_of = getattr(task_class, "input_kind_of", None)
+    if task_channels is not None and callable(input_kind_of):
+        from pretextlab.task_info import input_kind_problem
+
+        kind_problem = input_kind_problem(input_kind_of({"in_channels": task_channels}), task_channels)
+        if kind_problem is not None:
+            problems.append(problem("task.in_channels", task_channels, f"task={cfg.task.get('name')} {kind_problem}"))
     if task_channels is not None and backbone_channels is not None and task_channels != backbone_channels:
         problems.append(
             problem("backbone.in_channels", backbone_channels,

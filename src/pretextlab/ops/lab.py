@@ -135,6 +135,17 @@ def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
         return linear_to_srgb(linear)
 
 
+def scaled_lightness(lightness: torch.Tensor) -> torch.Tensor:
+    """CIE L in [0, 100] → [-1, 1] (``L / 50 - 1``): how a backbone that sees lightness only takes it."""
+    return lightness / 50.0 - 1.0
+
+
+def lightness_input(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] ``(..., 3, H, W)`` → its scaled CIE L ``(..., 1, H, W)``: the input of a 1-channel
+    backbone (colorization's, and the random-init floor built for it)."""
+    return scaled_lightness(rgb_to_lab(rgb)[..., :1, :, :])
+
+
 def chroma(lab: torch.Tensor) -> torch.Tensor:
     """Per-pixel chroma ``sqrt(a² + b²)`` of a Lab tensor: ``(..., 3, H, W)`` → ``(..., H, W)``."""
     return lab[..., 1:, :, :].float().pow(2).sum(dim=-3).sqrt()

@@ -18,6 +18,7 @@ from typing import Any
 
 from pretextlab.results import RESULTS_FILE, ResultsError, ResultsRecord
 from pretextlab.table.task_facts import TaskFacts
+from pretextlab.task_info import input_kind_of
 
 log = logging.getLogger(__name__)
 
@@ -241,21 +242,18 @@ def variant_identity(record: dict[str, Any]) -> str:
 
 def row_variants(records: list[dict[str, Any]]) -> list[str]:
     """Each record's variant text: the task settings of :data:`VARIANT_FORMATS`, plus every task setting
-    whose value differs between records of the same (task, backbone, data), as ``key=value``."""
+    whose value differs between records of the same (task label, backbone, data), as ``key=value``.
+    (By label: the task's own label already tells what it declares, e.g. "random init, L channel".)"""
     settings = [_task_settings(record) for record in records]
-    differing: dict[tuple[Any, Any, Any], set[str]] = {}
-    for record, mine in zip(records, settings):
-        key = (record.get("task"), record.get("backbone"), record.get("data"))
-        differing.setdefault(key, set())
+    keys = [(TaskFacts.of(record).label, record.get("backbone"), record.get("data")) for record in records]
+    differing: dict[tuple[Any, Any, Any], set[str]] = {key: set() for key in keys}
     for key in differing:
-        members = [mine for record, mine in zip(records, settings)
-                   if (record.get("task"), record.get("backbone"), record.get("data")) == key]
+        members = [mine for mine, other in zip(settings, keys) if other == key]
         names = set().union(*(m.keys() for m in members)) if members else set()
         differing[key] = {n for n in names if len({m.get(n) for m in members}) > 1}
     variants = []
-    for record, mine in zip(records, settings):
+    for key, mine in zip(keys, settings):
         parts = [VARIANT_FORMATS[name](json.loads(mine[name])) for name in VARIANT_FORMATS if name in mine]
-        key = (record.get("task"), record.get("backbone"), record.get("data"))
         parts += [f"{name}={json.loads(mine[name]) if name in mine else '–'}" for name in sorted(differing[key])
                   if name not in VARIANT_FORMATS]
         variants.append(" ".join(parts))
@@ -292,10 +290,11 @@ def _without(tree: Any, keys: set[str]) -> Any:
 
 
 def floor_key(record: dict[str, Any]) -> str:
-    """What a row and its random-init floor must share: backbone, data and evaluation (their names and,
-    where the record holds its config, their settings), never the seed or pretraining-only settings."""
+    """What a row and its random-init floor must share: backbone, data, evaluation (their names and,
+    where the record holds its config, their settings) and the backbone's input kind (colorization's L
+    channel), never the seed or pretraining-only settings."""
     config = record.get("config") or {}
-    shared = {"backbone": record.get("backbone"), "data": record.get("data")}
+    shared = {"backbone": record.get("backbone"), "data": record.get("data"), "input": input_kind_of(record)}
     for part in ("backbone", "data", "eval"):
         if isinstance(config.get(part), dict):
             shared[f"{part}_config"] = _without(config[part], NOT_FLOOR_KEYS)

@@ -35,7 +35,7 @@ from torch import nn
 from pretextlab.backbones.base import Backbone
 from pretextlab.evaluation.encoder import EvaluationEncoder
 from pretextlab.ops.augment import PADDING_MODES, normalize
-from pretextlab.task_info import DEFAULT_INPUT_KIND, UNDECLARED_TABLE_ORDER, PretextMetric
+from pretextlab.task_info import DEFAULT_INPUT_KIND, UNDECLARED_TABLE_ORDER, PretextMetric, input_kind_problem
 
 if TYPE_CHECKING:
     from pretextlab.tasks.config_checks import TaskConfigCheck
@@ -204,6 +204,12 @@ class PretextTask(L.LightningModule):
         return []
 
     @classmethod
+    def input_kind_of(cls, config: Mapping[str, Any]) -> str:
+        """The input kind of the task built from ``config`` (its task node); default :attr:`input_kind`.
+        A task whose input depends on its settings overrides this (random init: on ``in_channels``)."""
+        return cls.input_kind
+
+    @classmethod
     def task_info(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         """What the table, export and evaluate need to know about the task built from ``config`` (its
         task node), as plain JSON: written into ``results.json`` as ``task_info``."""
@@ -215,7 +221,7 @@ class PretextTask(L.LightningModule):
             "pretext_metric": None if metric is None else metric._asdict(),
             "reference": {"imagenet_linear_top1": cls.reference_imagenet_linear,
                           "rotnet_cifar": cls.reference_rotnet_cifar},
-            "input_kind": cls.input_kind,
+            "input_kind": cls.input_kind_of(config),
         }
 
     # -- what subclasses override ---------------------------------------------------------------
@@ -264,6 +270,9 @@ class PretextTask(L.LightningModule):
         problem = backbone_problem(self.requires, backbone)
         if problem is not None:
             raise TaskConfigError(f"{name} {problem}")
+        kind_problem = input_kind_problem(type(self).input_kind_of({"in_channels": in_channels}), in_channels)
+        if kind_problem is not None:
+            raise TaskConfigError(f"{name} {kind_problem}")
         if backbone.in_channels != in_channels:
             raise TaskConfigError(
                 f"{name} feeds {in_channels}-channel inputs but the backbone was built for "

@@ -100,12 +100,7 @@ class ColorizationTask(PretextTask):
         regression_scale: float = 110.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if self.backbone.in_channels != 1:  # the base class already tied it to task.in_channels
-            raise TaskConfigError(
-                f"colorization feeds the L channel only, so task.in_channels must be 1, got "
-                f"{self.backbone.in_channels}; keep `in_channels: 1` in conf/task/colorization.yaml"
-            )
+        super().__init__(**kwargs)  # checks in_channels against input_kind (1: the L channel)
         if head not in HEADS:
             raise TaskConfigError(f"task.head={head!r} is unknown; choose one of {list(HEADS)}")
         if target_downsample < 1 or self.image_size // target_downsample < 1:
@@ -179,7 +174,7 @@ class ColorizationTask(PretextTask):
     # -- inputs and targets -----------------------------------------------------------------------
     def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """The L channel scaled to [-1, 1] (L / 50 - 1): what the backbone sees, here and in evaluation."""
-        return lab_conversion.rgb_to_lab(images)[:, :1] / 50.0 - 1.0
+        return lab_conversion.lightness_input(images)
 
     def _target_size(self, height: int, width: int) -> tuple[int, int]:
         return max(1, height // self.target_downsample), max(1, width // self.target_downsample)
@@ -275,7 +270,7 @@ class ColorizationTask(PretextTask):
         lab = lab_conversion.rgb_to_lab(images)
         target_ab, colourful = self._targets(lab)
         target_size = (target_ab.shape[-2], target_ab.shape[-1])
-        prediction, features = self._predict(lab[:, :1] / 50.0 - 1.0, target_size)  # (B, h, w, Q|2)
+        prediction, features = self._predict(lab_conversion.scaled_lightness(lab[:, :1]), target_size)  # (B, h, w, Q|2)
         valid = colourful.float()[:, None, None].expand(-1, *target_size)  # (B, h, w)
         valid_count = valid.sum().clamp(min=1.0)
         metrics: dict[str, torch.Tensor] = {}
@@ -312,7 +307,7 @@ class ColorizationTask(PretextTask):
 
         lab = lab_conversion.rgb_to_lab(images)
         lightness = lab[:, :1]
-        prediction, _ = self._predict(lightness / 50.0 - 1.0, self._target_size(*images.shape[-2:]))
+        prediction, _ = self._predict(lab_conversion.scaled_lightness(lightness), self._target_size(*images.shape[-2:]))
         # like the paper: upsample the predicted ab to full size and pair it with the input's own L
         ab = F.interpolate(self.decode(prediction), size=images.shape[-2:], mode="bilinear", align_corners=False)
         gray = lab_conversion.lab_to_rgb(torch.cat([lightness, torch.zeros_like(ab)], dim=1))
