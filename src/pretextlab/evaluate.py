@@ -66,7 +66,6 @@ from pretextlab.rundir import RESULTS_FILE, JobNotRunError, hydra_choices, open_
 
 log = logging.getLogger("pretextlab.evaluate")
 
-#: How each input kind turns [0, 1] RGB into the backbone's input, and its channel count.
 #: The key results.json's recorded config gains: the checksum of the weights evaluated. A re-run after
 #: the pretrained run changed is then another config (refused, or replaced with overwrite=true), never
 #: skipped as if it had been evaluated already.
@@ -104,14 +103,9 @@ class InputPreparation:
         return INPUT_KIND_CHANNELS[self.kind]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.kind == "lab_l":
-            from pretextlab.ops.lab import lightness_input
+        from pretextlab.ops.inputs import prepare_input
 
-            return lightness_input(images)
-        from pretextlab.ops.augment import normalize
-
-        assert self.mean is not None and self.std is not None
-        return normalize(images, self.mean, self.std)
+        return prepare_input(images, self.kind, self.mean, self.std)
 
 
 # -- the pretrained backbone -----------------------------------------------------------------------

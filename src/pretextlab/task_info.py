@@ -22,9 +22,11 @@ from typing import Any, NamedTuple
 #: How a backbone takes its input unless its task says otherwise: RGB standardised with the
 #: pretraining data's channel statistics.
 DEFAULT_INPUT_KIND = "rgb_normalized"
-#: The input kinds pretextlab can prepare (evaluate, export, the random-init floor), with the channels
-#: each gives the backbone: ``lab_l`` is the L of CIE Lab scaled to [-1, 1], colorization's input.
-INPUT_KIND_CHANNELS = {"rgb_normalized": 3, "lab_l": 1}
+#: The L of CIE Lab scaled to [-1, 1]: colorization's input, and that of its random-init floor.
+LAB_L_INPUT_KIND = "lab_l"
+#: The input kinds pretextlab can prepare (:func:`pretextlab.ops.inputs.prepare_input`), with the
+#: channels each gives the backbone.
+INPUT_KIND_CHANNELS = {DEFAULT_INPUT_KIND: 3, LAB_L_INPUT_KIND: 1}
 #: Table order of a task that declares none: after the built-in pretext tasks, before supervised.
 UNDECLARED_TABLE_ORDER = 75.0
 
@@ -101,7 +103,7 @@ def input_kind_problem(kind: str, in_channels: Any) -> str | None:
     channels = INPUT_KIND_CHANNELS.get(kind)
     if channels is None or in_channels == channels:
         return None
-    what = "the L channel of CIE Lab" if kind == "lab_l" else "RGB images"
+    what = "the L channel of CIE Lab" if kind == LAB_L_INPUT_KIND else "RGB images"
     return f"feeds {what} ({kind}), so task.in_channels must be {channels}, got {in_channels}"
 
 

@@ -34,7 +34,8 @@ from torch import nn
 
 from pretextlab.backbones.base import Backbone
 from pretextlab.evaluation.encoder import EvaluationEncoder
-from pretextlab.ops.augment import PADDING_MODES, normalize
+from pretextlab.ops.augment import PADDING_MODES
+from pretextlab.ops.inputs import prepare_input
 from pretextlab.task_info import DEFAULT_INPUT_KIND, UNDECLARED_TABLE_ORDER, PretextMetric, input_kind_problem
 
 if TYPE_CHECKING:
@@ -158,6 +159,8 @@ class PretextTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self._check_backbone(backbone, in_channels)
+        #: The input kind of this instance (``input_kind_of`` its settings): what backbone_input prepares.
+        self.backbone_input_kind = type(self).input_kind_of({"in_channels": in_channels})
         self.backbone = backbone
         self.task_name = name
         self.optimizer_factory = optimizer
@@ -230,8 +233,9 @@ class PretextTask(L.LightningModule):
         raise NotImplementedError
 
     def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
-        """How clean [0, 1] images enter the backbone (default: channel normalisation)."""
-        return normalize(images, self.mean, self.std)
+        """How clean [0, 1] images enter the backbone, here and in evaluation: by the task's input kind
+        (channel normalisation; the L channel scaled to [-1, 1] (L / 50 - 1) for ``lab_l``)."""
+        return prepare_input(images, self.backbone_input_kind, self.mean, self.std)
 
     def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named image grids ``(3, H, W)`` in [0, 1] showing the task's inputs and outputs."""

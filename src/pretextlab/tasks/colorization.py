@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from pretextlab.ops import ab_bins
 from pretextlab.ops import lab as lab_conversion
 from pretextlab.ops.resize import bilinear_to_channels_last
-from pretextlab.task_info import PretextMetric
+from pretextlab.task_info import LAB_L_INPUT_KIND, PretextMetric
 from pretextlab.tasks.base import PretextOutput, PretextTask, TaskConfigError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ColorizationTask(PretextTask):
     requires = "convnet"
     table_order = 30
     reference_imagenet_linear = 40.0
-    input_kind = "lab_l"  # the backbone sees the L channel only
+    input_kind = LAB_L_INPUT_KIND  # the backbone sees the L channel only (PretextTask.backbone_input)
     in_default_sweep = True
 
     @classmethod
@@ -172,10 +172,6 @@ class ColorizationTask(PretextTask):
         return head_stage % len(names)
 
     # -- inputs and targets -----------------------------------------------------------------------
-    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
-        """The L channel scaled to [-1, 1] (L / 50 - 1): what the backbone sees, here and in evaluation."""
-        return lab_conversion.lightness_input(images)
-
     def _target_size(self, height: int, width: int) -> tuple[int, int]:
         return max(1, height // self.target_downsample), max(1, width // self.target_downsample)
 

@@ -7,20 +7,15 @@ from typing import Any
 
 import torch
 
-from pretextlab.ops.lab import lightness_input
-from pretextlab.task_info import DEFAULT_INPUT_KIND
+from pretextlab.task_info import DEFAULT_INPUT_KIND, LAB_L_INPUT_KIND
 from pretextlab.tasks.base import PretextOutput, PretextTask
-
-#: The input a 1-channel random-init backbone reads: the same scaled L that colorization's backbone
-#: reads, so that ``task=none task.in_channels=1`` is colorization's own floor.
-LIGHTNESS_INPUT_KIND = "lab_l"
 
 
 class RandomInitTask(PretextTask):
     """Nothing to learn: ``train.py`` skips fitting and evaluates the random backbone directly.
 
-    With ``task.in_channels=1`` the backbone is built for one channel and fed the L of CIE Lab, as
-    colorization's is: the random-init row of that backbone (``pretextlab sweep`` adds it when a
+    With ``task.in_channels=1`` the backbone is built for one channel and fed the scaled L of CIE Lab,
+    as colorization's is: the random-init row of that backbone (``pretextlab sweep`` adds it when a
     1-channel task is swept), which colorization's row is compared with.
     """
 
@@ -34,19 +29,14 @@ class RandomInitTask(PretextTask):
 
     @classmethod
     def input_kind_of(cls, config: Mapping[str, Any]) -> str:
-        return LIGHTNESS_INPUT_KIND if config.get("in_channels") == 1 else DEFAULT_INPUT_KIND
+        return LAB_L_INPUT_KIND if config.get("in_channels") == 1 else DEFAULT_INPUT_KIND
 
     @classmethod
     def task_info(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         info = super().task_info(config)
-        if info["input_kind"] == LIGHTNESS_INPUT_KIND:
+        if info["input_kind"] == LAB_L_INPUT_KIND:
             info["label"] = f"{cls.table_label}, L channel"
         return info
-
-    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
-        if self.backbone.in_channels == 1:
-            return lightness_input(images)
-        return super().backbone_input(images)
 
     def pretext_step(self, images: torch.Tensor, labels: torch.Tensor) -> PretextOutput:
         raise RuntimeError("task=none has no pretext step: it is evaluated without pretraining")
